@@ -1,0 +1,215 @@
+"""SDEs: marginals against closed forms and a simulated forward SDE; derived drift/diffusion; discrete views."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from diffusion_jax import sdes
+from diffusion_jax.sde import ProbabilityFlowODE, ReverseSDE
+
+B0, B1 = 0.1, 20.0
+S0, S1 = 0.01, 50.0
+TS = np.linspace(0.0, 1.0, 11)
+
+ALL = [sdes.VPSDE(B0, B1), sdes.SubVPSDE(B0, B1), sdes.VESDE(S0, S1), sdes.CosineVPSDE()]
+IDS = ["vp", "subvp", "ve", "cosine"]
+
+
+def _int_beta(t):
+  return B0 * t + 0.5 * (B1 - B0) * t**2
+
+
+def closed_form(sde, t):
+  """(alpha, sigma, f, g^2) as printed in Song et al. 2021, App. B, and Nichol & Dhariwal 2021."""
+  t = np.asarray(t, np.float64)
+  if isinstance(sde, sdes.VPSDE):
+    a = np.exp(-0.5 * _int_beta(t))
+    beta = B0 + t * (B1 - B0)
+    return a, np.sqrt(1 - a**2), -0.5 * beta, beta
+  if isinstance(sde, sdes.SubVPSDE):
+    a = np.exp(-0.5 * _int_beta(t))
+    beta = B0 + t * (B1 - B0)
+    return a, 1 - np.exp(-_int_beta(t)), -0.5 * beta, beta * (1 - np.exp(-2 * _int_beta(t)))
+  if isinstance(sde, sdes.VESDE):
+    s = S0 * (S1 / S0) ** t
+    return np.ones_like(t), s, np.zeros_like(t), s**2 * 2 * np.log(S1 / S0)
+  if isinstance(sde, sdes.CosineVPSDE):
+    ang = lambda u: np.cos((u + sde.s) / (1 + sde.s) * np.pi / 2) ** 2
+    abar = ang(t) / ang(0.0)
+    beta = np.pi / (1 + sde.s) * np.tan((t + sde.s) / (1 + sde.s) * np.pi / 2)
+    return np.sqrt(abar), np.sqrt(1 - abar), -0.5 * beta, beta
+  raise AssertionError(sde)
+
+
+@pytest.mark.parametrize("sde", ALL, ids=IDS)
+def test_marginal_and_coefficients_match_closed_forms(sde):
+  ts = np.clip(TS, 0.0, sde.T)
+  alpha, sigma = jax.vmap(sde.marginal)(jnp.asarray(ts))
+  f = jax.vmap(sde.drift_coef)(jnp.asarray(ts))
+  g2 = jax.vmap(sde.diffusion_squared)(jnp.asarray(ts))
+  a_ref, s_ref, f_ref, g2_ref = closed_form(sde, ts)
+  # float32 arithmetic on O(1) quantities: a few ulps, amplified ~10x by exp/expm1 of values up to 10.
+  np.testing.assert_allclose(alpha, a_ref, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(sigma, s_ref, rtol=2e-5, atol=1e-6)
+  # The cosine schedule ends where its angle is within 3e-3 of pi/2, so float32 cos(angle) (and any
+  # formula for beta = tan(angle)) carries a relative error of ~1e-7 * pi/2 / 3e-3, i.e. ~5e-5.
+  rtol_f = 1e-4 if isinstance(sde, sdes.CosineVPSDE) else 2e-5
+  np.testing.assert_allclose(f, f_ref, rtol=rtol_f, atol=1e-5)
+  # g^2 comes from a jvp of sigma^2 minus 2 f sigma^2: cancellation costs about two more digits
+  # where beta(t) ~ 20 and sigma^2 ~ 1, and the cosine beta reaches ~1e3 near T.
+  np.testing.assert_allclose(g2, g2_ref, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("sde", ALL, ids=IDS)
+def test_diffusion_and_drift_under_jit_and_vmap(sde):
+  x = jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)
+  t = jnp.array([0.2, 0.7])
+  batched = jax.jit(jax.vmap(sde.drift))(x, t)
+  single = jnp.stack([sde.drift(x[i], t[i]) for i in range(2)])
+  np.testing.assert_allclose(batched, single, rtol=1e-6)  # same float32 ops, reordered at most
+  assert jax.jit(sde.diffusion)(0.5) == pytest.approx(float(sde.diffusion(0.5)), rel=1e-6)
+
+
+def _simulate_forward(sde, x_start, t_end, num_steps, key):
+  """Euler-Maruyama of dx = f(x, t) dt + g(t) dw from t = 0, all paths at once."""
+  dt = t_end / num_steps
+
+  def step(x, inputs):
+    i, k = inputs
+    t = i * dt
+    x = x + sde.drift(x, t) * dt + sde.diffusion(t) * math.sqrt(dt) * jr.normal(k, x.shape)
+    return x, None
+
+  keys = jr.split(key, num_steps)
+  x, _ = jax.lax.scan(step, x_start, (jnp.arange(num_steps), keys))
+  return x
+
+
+@pytest.mark.parametrize("sde", ALL[:3], ids=IDS[:3])
+def test_simulated_forward_sde_matches_marginal(sde):
+  # Start from the marginal at t = 0 (x0 plus sigma(0) noise: nonzero for VE by construction).
+  num_paths, x0 = 40_000, 1.5
+  key_start, key_path = jr.split(jr.key(0))
+  alpha0, sigma0 = sde.marginal(0.0)
+  x_start = alpha0 * x0 + sigma0 * jr.normal(key_start, (num_paths,))
+  for t_end in (0.1, 0.5):
+    x = _simulate_forward(sde, x_start, t_end, 1000, jr.fold_in(key_path, int(t_end * 10)))
+    alpha, sigma = sde.marginal(t_end)
+    mean_se = float(sigma) / math.sqrt(num_paths)
+    std_se = float(sigma) / math.sqrt(2 * num_paths)
+    # 5 Monte-Carlo standard errors, plus the O(dt) Euler-Maruyama bias (dt = t/1000 and rates up to
+    # beta ~ 10: relative bias below 1%).
+    assert abs(float(jnp.mean(x)) - float(alpha) * x0) < 5 * mean_se + 0.01 * abs(float(alpha) * x0)
+    assert abs(float(jnp.std(x)) - float(sigma)) < 5 * std_se + 0.01 * float(sigma)
+
+
+@pytest.mark.parametrize("sde", ALL, ids=IDS)
+def test_probability_flow_evolves_gaussian_variance(sde):
+  # For data N(m, v), p_t = N(alpha m, var_t) with var_t = alpha^2 v + sigma^2, and the PF ODE is
+  # linear in x with slope k(t); the marginal variance must obey d var_t / dt = 2 k(t) var_t.
+  m, v = 0.7, 0.3
+  var_fn = lambda t: sde.alpha(t) ** 2 * v + sde.sigma(t) ** 2
+
+  def score(x, t):
+    return -(x - sde.alpha(t) * m) / var_fn(t)
+
+  ode = sde.probability_flow(score)
+  assert isinstance(ode, ProbabilityFlowODE)
+  for t in (0.1, 0.4, 0.8):
+    var, dvar = jax.jvp(var_fn, (jnp.asarray(t),), (jnp.asarray(1.0),))
+    slope = jax.grad(lambda x: ode.velocity(x, t))(0.3)
+    # Both sides are a difference of terms of size |2 f var| + g^2 (up to ~30 for VP at late t) that
+    # nearly cancel as var -> 1; float32 keeps ~1e-6 of the terms' size, not of the difference.
+    scale = abs(2 * float(sde.drift_coef(t)) * float(var)) + float(sde.diffusion_squared(t))
+    assert abs(float(2 * slope * var - dvar)) < 1e-5 * scale
+    # The mean moves with the drift alone: velocity at the mean is f(t) * mean.
+    mean = sde.alpha(t) * m
+    np.testing.assert_allclose(ode.velocity(mean, t), sde.drift(mean, t), rtol=1e-5, atol=1e-6)
+
+
+def test_reverse_sde_drift():
+  sde = sdes.VPSDE()
+  score = lambda x, t: -x / (1.0 + t)
+  rev = sde.reverse(score)
+  assert isinstance(rev, ReverseSDE)
+  x, t = jnp.array([0.5, -1.0]), 0.3
+  expected = sde.drift(x, t) - sde.diffusion_squared(t) * score(x, t)
+  np.testing.assert_allclose(rev.drift(x, t), expected, rtol=1e-5)  # float32 rounding of g^2
+  assert rev.diffusion(t) == sde.diffusion(t)
+
+
+def test_ddpm_schedule_has_the_continuous_limit():
+  sde = sdes.VPSDE(B0, B1)
+  errors = []
+  for n in (100, 1000):
+    alpha_bar = np.cumprod(1.0 - sde.ddpm_betas(n))
+    ts = np.arange(1, n + 1) / n
+    errors.append(np.max(np.abs(alpha_bar - np.asarray(sde.alpha(jnp.asarray(ts))) ** 2)))
+  # The product of (1 - beta_i) differs from exp(-int beta) by O(beta/N) per step: O(1/N) overall.
+  assert errors[1] < 2e-3
+  assert errors[0] / errors[1] > 5  # first order: 10x more steps, about 10x less error
+  # Ho et al. 2020's schedule is linspace(1e-4, 0.02, 1000): the same as beta_min=0.1, beta_max=20.
+  np.testing.assert_allclose(sde.ddpm_betas(1000)[[0, -1]], [1e-4, 0.02], rtol=1e-12)
+
+
+def test_exact_discrete_view_round_trips():
+  sde = sdes.CosineVPSDE()
+  abar = sdes.alphas_cumprod(sde, 50)
+  betas = sdes.betas_from_alphas_cumprod(abar)
+  assert np.all((betas > 0) & (betas < 1))
+  np.testing.assert_allclose(np.cumprod(1 - betas), abar, rtol=1e-5)  # float32 alphas, float64 product
+
+
+def test_ncsn_ladder_sits_on_the_ve_sde():
+  sde = sdes.VESDE(S0, S1)
+  sigmas = sde.ncsn_sigmas(10)
+  ts = np.linspace(1.0, 0.0, 10)
+  np.testing.assert_allclose(sigmas, np.asarray(sde.sigma(jnp.asarray(ts))), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(sde.time_at_sigma(jnp.asarray(sigmas))), ts, atol=1e-5)
+
+
+def test_priors():
+  for sde in ALL:
+    z = jnp.array([0.3, -1.2, 2.0])
+    s = sde.prior_std()
+    expected = np.sum(-0.5 * (np.asarray(z) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi))
+    np.testing.assert_allclose(sde.prior_logp(z), expected, rtol=1e-6)
+    draws = sde.prior_sample(jr.key(1), (20_000,))
+    assert abs(float(jnp.std(draws)) / s - 1) < 0.03  # 20,000 draws: SE of std ~0.5%
+  # The prior matches the marginal at T closely for VP and VE (std of unit data).
+  np.testing.assert_allclose(sdes.VPSDE().sigma(1.0), 1.0, atol=1e-4)
+  np.testing.assert_allclose(sdes.VESDE().sigma(1.0), 50.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(beta_min=5.0, beta_max=1.0), "beta_min must be < beta_max"),
+    (dict(beta_min=1.0, beta_max=1.0), "beta_min must be < beta_max"),
+    (dict(beta_min=-0.1, beta_max=1.0), "beta_min must be > 0"),
+])
+def test_vp_bad_parameters(kwargs, match):
+  for cls in (sdes.VPSDE, sdes.SubVPSDE):
+    with pytest.raises(ValueError, match=match):
+      cls(**kwargs)
+
+
+def test_ve_and_cosine_bad_parameters():
+  with pytest.raises(ValueError, match="sigma_min must be > 0"):
+    sdes.VESDE(sigma_min=0.0, sigma_max=50.0)
+  with pytest.raises(ValueError, match="sigma_min must be < sigma_max"):
+    sdes.VESDE(sigma_min=5.0, sigma_max=1.0)
+  with pytest.raises(ValueError, match="s must be > 0"):
+    sdes.CosineVPSDE(s=-0.1)
+  with pytest.raises(ValueError, match="num_steps"):
+    sdes.VPSDE().ddpm_betas(1)
+
+
+@pytest.mark.parametrize("t", [-0.1, 1.5, float("nan")])
+def test_time_outside_range(t):
+  with pytest.raises(ValueError, match=r"t must lie in \[0.0, 1.0\]"):
+    sdes.VPSDE().marginal(t)
+  with pytest.raises(ValueError, match="t must lie in"):
+    sdes.CosineVPSDE().marginal(0.9999)
