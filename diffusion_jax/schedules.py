@@ -1,0 +1,160 @@
+"""Time grids for sampling and the step-size rules of the samplers.
+
+A sampler walks an explicit, decreasing grid ts = (t_0 = T > t_1 > ... > t_N = t_min) of the SDE's
+own time. Where a paper spaces its steps in another variable (log-SNR lambda = log(alpha^2/sigma^2),
+EDM's sigma/alpha), the grid is built in that variable and mapped back to t with
+``time_at_log_snr``, which only needs the SDE's ``log_snr``: one implementation for every linear SDE.
+
+The step rules live here too, so that the tests can pin them:
+    exact one-step transition      x_t = a x_s + s noise,  a = alpha_t/alpha_s,  s^2 = sigma_t^2 - a^2 sigma_s^2
+    Langevin SNR rule              eps = 2 (snr |noise| / |score|)^2           (Song et al. 2021, Alg. 4)
+    annealed Langevin rule         eps_i = step_lr sigma_i^2 / sigma_L^2       (Song & Ermon 2019, Alg. 1),
+                                   capped at 2 sigma_i^2 for stability
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax.sde import AbstractLinearSDE
+
+# Bisection on [0, T] halves the bracket each pass; 60 passes reach below float64 resolution.
+_BISECTION_STEPS = 60
+
+
+def _check_grid_args(sde: AbstractLinearSDE, num_steps: int, t_min: float | None) -> float:
+  if not isinstance(num_steps, int) or num_steps < 1:
+    raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
+  t_min = sde.t_min_default if t_min is None else t_min
+  if not 0.0 <= float(t_min) < sde.T:
+    raise ValueError(f"t_min must lie in [0, T={sde.T}), got {t_min!r}.")
+  return float(t_min)
+
+
+def time_at_log_snr(sde: AbstractLinearSDE, log_snr: jax.Array) -> jax.Array:
+  """The t in [0, T] with sde.log_snr(t) = log_snr, by bisection (log-SNR decreases in t).
+
+  Values outside [log_snr(T), log_snr(0)] map to the nearest end. Works under jit and vmap.
+  """
+  log_snr = jnp.asarray(log_snr, jnp.result_type(float))
+
+  def one(target):
+    def body(_, bracket):
+      lo, hi = bracket
+      mid = 0.5 * (lo + hi)
+      # log_snr(mid) > target means mid is still too early (too little noise).
+      above = sde.log_snr(mid) > target
+      return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+    zero = jnp.zeros((), log_snr.dtype)
+    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (zero, zero + sde.T))
+    return 0.5 * (lo + hi)
+
+  flat = jnp.ravel(log_snr)
+  return jax.vmap(one)(flat).reshape(log_snr.shape)
+
+
+def uniform_time(sde: AbstractLinearSDE, num_steps: int, t_min: float | None = None) -> jax.Array:
+  """t_i = T + i/N (t_min - T): the grid of Song et al. 2021."""
+  t_min = _check_grid_args(sde, num_steps, t_min)
+  return jnp.linspace(sde.T, t_min, num_steps + 1)
+
+
+def time_quadratic(sde: AbstractLinearSDE, num_steps: int, t_min: float | None = None) -> jax.Array:
+  """sqrt(t_i) uniform from sqrt(T) to sqrt(t_min): DPM-Solver's "time_quadratic" grid (Lu et al. 2022)."""
+  t_min = _check_grid_args(sde, num_steps, t_min)
+  return jnp.linspace(sde.T**0.5, t_min**0.5, num_steps + 1) ** 2
+
+
+def uniform_log_snr(sde: AbstractLinearSDE, num_steps: int,
+                    t_min: float | None = None) -> jax.Array:
+  """lambda(t_i) uniform from lambda(T) to lambda(t_min): DPM-Solver's "logSNR" grid (Lu et al. 2022)."""
+  t_min = _check_grid_args(sde, num_steps, t_min)
+  if not bool(jnp.isfinite(sde.log_snr(t_min))):
+    raise ValueError(f"t_min must have a finite log-SNR for a log-SNR grid; t_min={t_min} has none.")
+  lams = jnp.linspace(sde.log_snr(sde.T), sde.log_snr(t_min), num_steps + 1)
+  return _pin_ends(time_at_log_snr(sde, lams), sde.T, t_min)
+
+
+def edm_rho(sde: AbstractLinearSDE, num_steps: int, t_min: float | None = None,
+            rho: float = 7.0) -> jax.Array:
+  """sigma~_i^(1/rho) uniform between the ends, sigma~ = sigma/alpha: EDM's grid (Karras et al. 2022, eq. 5)."""
+  t_min = _check_grid_args(sde, num_steps, t_min)
+  if not rho > 0:
+    raise ValueError(f"rho must be > 0, got {rho!r}.")
+  # sigma~ = exp(-lambda/2): EDM's noise level for the scaled variable x / alpha.
+  s_max = jnp.exp(-0.5 * sde.log_snr(sde.T))
+  s_min = jnp.exp(-0.5 * sde.log_snr(t_min))
+  if not bool(s_min > 0):
+    raise ValueError(f"t_min must have sigma(t_min) > 0 for the EDM grid, got t_min={t_min}.")
+  frac = jnp.linspace(0.0, 1.0, num_steps + 1)
+  sigmas = (s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+  return _pin_ends(time_at_log_snr(sde, -2.0 * jnp.log(sigmas)), sde.T, t_min)
+
+
+def _pin_ends(ts: jax.Array, t_max: float, t_min: float) -> jax.Array:
+  # The inverse is exact only to rounding; the ends are known exactly.
+  return ts.at[0].set(t_max).at[-1].set(t_min)
+
+
+def check_grid(ts: jax.Array) -> None:
+  """Raise a ValueError if a concrete grid is not 1-D, at least two points, strictly decreasing."""
+  try:
+    ts = np.asarray(ts)
+  except jax.errors.TracerArrayConversionError:
+    return  # a traced grid is checked where it was built
+  if ts.ndim != 1 or ts.shape[0] < 2:
+    raise ValueError(f"ts must be a 1-D grid with at least 2 times, got shape {ts.shape}.")
+  if not np.all(np.diff(ts) < 0):
+    raise ValueError("ts must be strictly decreasing (from T towards t_min).")
+
+
+# --- step rules -------------------------------------------------------------------------------
+
+
+def transition(sde: AbstractLinearSDE, t: jax.Array, t_next: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(a, s^2) of the exact forward kernel from t_next to t > t_next: x_t = a x_{t_next} + s noise.
+
+  a = alpha(t)/alpha(t_next) = exp(log_alpha(t) - log_alpha(t_next)) and s^2 = sigma_t^2 - a^2 sigma_{t_next}^2.
+  For VP this is DDPM's sqrt(1 - beta_i) and beta_i, for VE it is 1 and sigma_i^2 - sigma_{i-1}^2. The
+  exponential form keeps 0 < a <= 1 and s^2 >= 0 on any grid; the first-order 1 - beta(t) dt of
+  score_sde's discretisation goes negative once beta(t) dt > 1 (a 5-step VP grid) and its square
+  root is NaN.
+  """
+  a = jnp.exp(sde.log_alpha(t) - sde.log_alpha(t_next))
+  s2 = sde.sigma(t) ** 2 - (a * sde.sigma(t_next)) ** 2
+  return a, jnp.maximum(s2, 0.0)
+
+
+def langevin_step_size(score: jax.Array, noise: jax.Array, snr: float,
+                       axis_name: str | None = None) -> jax.Array:
+  """eps = 2 (snr |noise| / |score|)^2: the signal-to-noise rule of Song et al. 2021, Alg. 4.
+
+  With ``axis_name`` None the norms are per example, so each sample is independent of its batch.
+  Song et al.'s code averages the norms over the batch; pass the name of the ``vmap`` axis to do
+  the same (``sample_batch`` names its axis "batch"). Per-example norms are what the rule means in
+  high dimension, where they concentrate; in 2-D their ratio is heavy-tailed and the batch
+  average is the stable choice.
+  """
+  score_norm = jnp.sqrt(jnp.sum(score**2))
+  noise_norm = jnp.sqrt(jnp.sum(noise**2))
+  if axis_name is not None:
+    score_norm = jax.lax.pmean(score_norm, axis_name)
+    noise_norm = jax.lax.pmean(noise_norm, axis_name)
+  # A zero score (exactly at a mode) would give an infinite step; use the tiniest positive norm.
+  score_norm = jnp.maximum(score_norm, jnp.finfo(score_norm.dtype).tiny)
+  return 2.0 * (snr * noise_norm / score_norm) ** 2
+
+
+def annealed_step_size(sigma: jax.Array, sigma_last: jax.Array, step_lr: float) -> jax.Array:
+  """eps_i = min(step_lr sigma_i^2 / sigma_L^2, 2 sigma_i^2) (Song & Ermon 2019, Alg. 1, with a stability cap).
+
+  Alg. 1 moves x by eps/2 score + sqrt(eps) z. The score of p_t is (1/sigma_t^2)-Lipschitz
+  (-hess log p_t <= I/sigma_t^2 for x_t = alpha x0 + sigma_t noise), so that step is stable while
+  eps/2 <= sigma_i^2. The cap is inactive for the paper's setting (step_lr / sigma_L^2 = 0.2) and
+  keeps a step_lr tuned for one ladder from diverging on another (e.g. sub-VP, whose sigma(t_min)
+  is the square of VP's).
+  """
+  return jnp.minimum(step_lr * (sigma / sigma_last) ** 2, 2.0 * sigma**2)

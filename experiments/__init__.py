@@ -1,0 +1,1 @@
+"""What users run: flags, configs, the training loop, logging, checkpoints and figures."""

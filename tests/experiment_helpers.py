@@ -1,0 +1,23 @@
+"""Shared by the experiment tests: how to start child Pythons and compare trees."""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def subprocess_env(**extra) -> dict:
+  """The test environment for child Pythons: repo importable, shared compilation cache."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", str(jax.config.jax_compilation_cache_dir))
+  env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  env.update(extra)
+  return env
+
+
+def assert_trees_equal(a, b):
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
