@@ -62,11 +62,7 @@ def make_mixture(dim: int) -> analytic.GaussianMixture:
   """The benchmark problems (the same generator as tests/test_likelihood.py)."""
   if dim == 2:
     return analytic.eight_gaussians()
-  mean_key, var_key, weight_key = jr.split(jr.key(dim), 3)
-  means = jr.normal(mean_key, (4, dim))
-  variances = jnp.exp(jr.uniform(var_key, (4, dim), minval=math.log(0.01), maxval=math.log(0.1)))
-  return analytic.GaussianMixture.create(jr.uniform(weight_key, (4,), minval=0.5, maxval=1.5),
-                                         means, variances)
+  return analytic.random_mixture(jr.key(dim), dim)
 
 
 def block(tree):

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from diffusion_jax import analytic, metrics, schedules, sdes  # noqa: E402
 from diffusion_jax import samplers as S  # noqa: E402
-from diffusion_jax.sample import sample_batch  # noqa: E402
+from diffusion_jax.sampling import sample_batch  # noqa: E402
 
 T_MIN_VP = 1e-3  # DPM-Solver's end time for few-step sampling of VP models
 
@@ -122,7 +122,7 @@ def run_ours(args, problems, report):
       for name in args.samplers:
         if name == "adaptive":
           for tol in ADAPTIVE_TOLS:
-            configs.append((f"adaptive", S.AdaptiveODE(rtol=tol, atol=tol), one, False, f"tol={tol:g}"))
+            configs.append(("adaptive", S.AdaptiveODE(rtol=tol, atol=tol), one, False, f"tol={tol:g}"))
           continue
         sampler, grid_name, per_step, denoise = SAMPLERS[name]
         for nfe in args.nfes:

@@ -125,6 +125,19 @@ class DiffusedMixture(flax.struct.PyTreeNode):
     return self.marginal(t).sample(key, num)
 
 
+def random_mixture(key: jax.Array, dim: int, *, num_components: int = 4,
+                   min_variance: float = 0.01, max_variance: float = 0.1) -> GaussianMixture:
+  """A test problem: standard-normal means, per-dimension variances log-uniform in
+  [min_variance, max_variance], weights uniform in [0.5, 1.5] before normalisation: well-separated
+  modes at several scales in any dimension."""
+  mean_key, var_key, weight_key = jr.split(key, 3)
+  means = jr.normal(mean_key, (num_components, dim))
+  variances = jnp.exp(jr.uniform(var_key, (num_components, dim), minval=math.log(min_variance),
+                                 maxval=math.log(max_variance)))
+  weights = jr.uniform(weight_key, (num_components,), minval=0.5, maxval=1.5)
+  return GaussianMixture.create(weights, means, variances)
+
+
 def eight_gaussians(radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
   """Eight equal Gaussians on a circle: the standard 2-D toy with a known density."""
   angles = jnp.arange(8) * (2 * math.pi / 8)

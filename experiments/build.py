@@ -15,6 +15,13 @@ def _unknown(key: str, value, allowed) -> ValueError:
   return ValueError(f"Unknown {key}={value!r}; expected one of {', '.join(map(repr, allowed))}.")
 
 
+def _enum_member(enum_cls, key: str, value):
+  allowed = [member.value for member in enum_cls]
+  if value not in allowed:
+    raise _unknown(key, value, allowed)
+  return enum_cls(value)
+
+
 def build_sde(config: ml_collections.ConfigDict) -> sdes.AbstractLinearSDE:
   """config.sde -> a linear SDE."""
   c = config.sde
@@ -31,10 +38,7 @@ def build_sde(config: ml_collections.ConfigDict) -> sdes.AbstractLinearSDE:
 
 def build_prediction(config: ml_collections.ConfigDict) -> Prediction:
   """config.model.prediction -> what the network predicts."""
-  allowed = [p.value for p in Prediction]
-  if config.model.prediction not in allowed:
-    raise _unknown("config.model.prediction", config.model.prediction, allowed)
-  return Prediction(config.model.prediction)
+  return _enum_member(Prediction, "config.model.prediction", config.model.prediction)
 
 
 def build_model(config: ml_collections.ConfigDict):
@@ -80,10 +84,7 @@ def build_dataset(config: ml_collections.ConfigDict) -> data.ToyDataset:
 
 
 def build_weighting(config: ml_collections.ConfigDict) -> Weighting:
-  allowed = [w.value for w in Weighting]
-  if config.training.weighting not in allowed:
-    raise _unknown("config.training.weighting", config.training.weighting, allowed)
-  return Weighting(config.training.weighting)
+  return _enum_member(Weighting, "config.training.weighting", config.training.weighting)
 
 
 def build_optimizer(config: ml_collections.ConfigDict):

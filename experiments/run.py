@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from diffusion_jax import metrics as metrics_lib
+from diffusion_jax import sampling as sample_lib
 from diffusion_jax import train as train_lib
 from diffusion_jax.parameterization import NetworkScore
 from experiments import build
@@ -46,6 +47,11 @@ _INIT, _TRAIN, _DATA, _SAMPLE, _EVAL = range(5)
 
 def _key(config: ml_collections.ConfigDict, purpose: int) -> jax.Array:
   return jr.fold_in(jr.key(config.seed), purpose)
+
+
+def sampling_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The key of the end-of-training samples, shared with --mode=sample so both draw the same examples."""
+  return _key(config, _SAMPLE)
 
 
 def _key_data(key: jax.Array) -> np.ndarray:
@@ -305,45 +311,35 @@ def _mean_metrics(pending: list[dict]) -> dict:
 # Sampling and evaluation.
 
 
-def _draw_samples(score_fn, sde, key: jax.Array, *, num_samples: int, dim: int,
-                  num_steps: int, t_min: float, mesh) -> np.ndarray:
-  """PLACEHOLDER, to be replaced by ``diffusion_jax.sample`` once the samplers land.
+@functools.lru_cache(maxsize=None)
+def _sampling_program(sde, sampler, shape: tuple[int, ...], num: int, denoise_final, mesh):
+  """jit of ``num`` examples of ``sample_from_prior``, keys sharded over the mesh's "data" axis."""
 
-  Euler-Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6) from x_T ~ prior at t = T to
-  t_min on a uniform grid; returns the noiseless mean of the last step. Per example (lax.scan),
-  vmapped, examples sharded over the mesh's "data" axis; the result is gathered on every process.
-  ``score_fn`` is a per-example score pytree (a ``NetworkScore``, or an exact analytic score).
-  """
-  num_devices = mesh.devices.size
-  padded = -(-num_samples // num_devices) * num_devices  # keys shard evenly over the devices
-  ts = jnp.linspace(sde.T, t_min, num_steps + 1)
-
-  def sample_one(score_fn, key):
-    prior_key, noise_key = jr.split(key)
-    reverse = sde.reverse(score_fn)
-    x = sde.prior_sample(prior_key, (dim,))
-
-    def em_step(x, inputs):
-      t, t_next, step_key = inputs
-      dt = t_next - t  # negative: time runs backwards
-      x_mean = x + reverse.drift(x, t) * dt
-      x = x_mean + reverse.diffusion(t) * jnp.sqrt(-dt) * jr.normal(step_key, x.shape)
-      return x, x_mean
-
-    _, x_means = jax.lax.scan(em_step, x, (ts[:-1], ts[1:], jr.split(noise_key, num_steps)))
-    return x_means[-1]
-
-  def sample_all(score_fn, key_data):
-    # Sample i uses fold_in(key, i): the same samples whatever the number of devices.
-    key = jr.wrap_key_data(key_data)
-    keys = jax.vmap(lambda i: jr.fold_in(key, i))(jnp.arange(padded))
+  def sample_all(score_fn, ts, key_data, offset):
+    keys = sample_lib.example_keys(jr.wrap_key_data(key_data), num, offset)
     keys = jax.lax.with_sharding_constraint(keys, batch_sharding(mesh))
-    return jax.vmap(sample_one, in_axes=(None, 0))(score_fn, keys)
+    one = lambda k: sample_lib.sample_from_prior(sde, score_fn, sampler, ts, key=k, shape=shape,
+                                                 denoise_final=denoise_final)
+    return jax.vmap(one, axis_name=sample_lib.BATCH_AXIS)(keys)
 
   rep = replicated(mesh)
-  samples = jax.jit(sample_all, in_shardings=(rep, rep), out_shardings=rep)(
-      score_fn, _key_data(key))
-  return _to_host(samples)[:num_samples]
+  return jax.jit(sample_all, in_shardings=(rep, rep, rep, rep), out_shardings=rep)
+
+
+def draw_samples(score_fn, sde, sampler, ts, key: jax.Array, *, num: int, shape: tuple[int, ...],
+                 mesh, offset: int = 0, denoise_final: bool | None = None) -> dict:
+  """Examples offset .. offset + num - 1 of ``diffusion_jax.sample_batch``, sharded over the mesh.
+
+  Example n uses fold_in(key, n) exactly as ``sample_batch`` does, so the samples do not depend on
+  the number of devices or processes, nor on how a large draw is chunked. Returns host arrays
+  x, denoised and nfe, gathered on every process.
+  """
+  num_devices = mesh.devices.size
+  padded = -(-num // num_devices) * num_devices  # keys shard evenly over the devices
+  program = _sampling_program(sde, sampler, tuple(shape), padded, denoise_final, mesh)
+  out = program(score_fn, np.asarray(ts, np.float32), _key_data(key), np.int32(offset))
+  return {"x": _to_host(out.x)[:num], "denoised": _to_host(out.denoised)[:num],
+          "nfe": _to_host(out.nfe)[:num]}
 
 
 def two_sample_distances(x: np.ndarray, y: np.ndarray, key: jax.Array, config) -> dict:
@@ -389,14 +385,13 @@ def evaluate(config: ml_collections.ConfigDict, workdir, state: train_lib.TrainS
   mesh = make_mesh() if mesh is None else mesh
   run = _Run(config, mesh)
   sc = config.sampling
-  if sc.sampler != "euler_maruyama" and jax.process_index() == 0:
-    # Until _draw_samples is replaced by diffusion_jax.sample; --mode=sample runs any sampler.
-    logging.warning("The end-of-training evaluation samples with Euler-Maruyama; "
-                    "config.sampling.sampler=%r applies to --mode=sample.", sc.sampler)
+  sampler = build.build_sampler(config)
+  ts = np.asarray(build.build_time_grid(config, run.sde))
   tic = time.perf_counter()
-  samples = _draw_samples(run.score_fn(state.ema_params), run.sde, _key(config, _SAMPLE),
-                          num_samples=sc.num_samples, dim=run.dataset.dim,
-                          num_steps=sc.num_steps, t_min=sc.t_min, mesh=mesh)
+  drawn = draw_samples(run.score_fn(state.ema_params), run.sde, sampler, ts,
+                       sampling_key(config), num=sc.num_samples, shape=(run.dataset.dim,),
+                       mesh=mesh, denoise_final=build.build_denoise_final(config))
+  samples = drawn["x"]
   sample_time = time.perf_counter() - tic
   if jax.process_index() != 0:
     return {}
@@ -412,8 +407,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir, state: train_lib.TrainS
   summary = {
       "step": int(_to_host(state.step)),
       "num_samples": sc.num_samples,
-      "sampler": {"name": "euler_maruyama", "num_steps": sc.num_steps, "t_min": sc.t_min,
-                  "seconds": sample_time},
+      "sampler": {"name": sc.sampler, "repr": repr(sampler), "grid": sc.grid,
+                  "num_steps": len(ts) - 1, "t_min": float(ts[-1]),
+                  "nfe_mean": float(np.mean(drawn["nfe"])), "seconds": sample_time},
       "model_vs_data": model,
       "data_vs_data": floor,
       "data_vs_data_std": {k: float(np.std([f[k] for f in floors])) for k in model},

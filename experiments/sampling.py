@@ -21,15 +21,12 @@ import jax.random as jr
 import ml_collections
 import numpy as np
 
-from diffusion_jax.sample import sample_batch
 from experiments import build
 from experiments import run as run_lib
 
-_SAMPLE_PURPOSE = 3  # run.py's key purpose for sampling, so --mode=sample matches the final eval key
-
 
 def draw(score_fn, sde, sampler, ts, key, *, num: int, shape: tuple[int, ...], batch_size: int,
-         denoise_final=None, progress: bool = True) -> dict:
+         mesh, denoise_final=None, progress: bool = True) -> dict:
   """num examples in chunks of batch_size (one compiled program; the last chunk is padded)."""
   from tqdm import tqdm
 
@@ -37,26 +34,27 @@ def draw(score_fn, sde, sampler, ts, key, *, num: int, shape: tuple[int, ...], b
   with tqdm(total=num, desc=f"sample ({type(sampler).__name__})", disable=not progress,
             dynamic_ncols=True) as bar:
     for offset in range(0, num, batch_size):
-      out = sample_batch(sde, score_fn, sampler, ts, key=key, num=batch_size, shape=shape,
-                         offset=offset, denoise_final=denoise_final)
-      chunks.append(jax.device_get((out.x, out.denoised, out.nfe)))
+      chunks.append(run_lib.draw_samples(score_fn, sde, sampler, ts, key, num=batch_size,
+                                         shape=shape, mesh=mesh, offset=offset,
+                                         denoise_final=denoise_final))
       bar.update(min(batch_size, num - offset))
-  x, denoised, nfe = (np.concatenate(parts)[:num] for parts in zip(*chunks))
-  return {"x": x, "denoised": denoised, "nfe": nfe}
+  return {k: np.concatenate([c[k] for c in chunks])[:num] for k in chunks[0]}
 
 
 def run(config: ml_collections.ConfigDict, workdir) -> dict:
   """Restore the EMA model of the latest checkpoint, sample, and write .npz, .png and .json."""
   workdir = pathlib.Path(workdir)
-  score_fn, sde, state = run_lib.restore_model(config, workdir)
+  mesh = run_lib.make_mesh()
+  score_fn, sde, state = run_lib.restore_model(config, workdir,
+                                               sharding=run_lib.replicated(mesh))
   sc = config.sampling
   sampler = build.build_sampler(config)
   ts = np.asarray(build.build_time_grid(config, sde))
   dataset = build.build_dataset(config)
-  key = jr.fold_in(jr.key(config.seed), _SAMPLE_PURPOSE)
+  key = run_lib.sampling_key(config)
   tic = time.perf_counter()
   drawn = draw(score_fn, sde, sampler, ts, key, num=sc.num_samples, shape=(dataset.dim,),
-               batch_size=min(sc.batch_size, sc.num_samples),
+               batch_size=min(sc.batch_size, sc.num_samples), mesh=mesh,
                denoise_final=build.build_denoise_final(config),
                progress=jax.process_index() == 0)
   seconds = time.perf_counter() - tic

@@ -15,7 +15,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from diffusion_jax import analytic, sdes
+from diffusion_jax import analytic, samplers, sampling, schedules, sdes
 from experiments import build, run
 from experiments.configs import toy2d_tiny
 from experiment_helpers import REPO, assert_trees_equal, subprocess_env
@@ -217,13 +217,18 @@ def test_draw_samples_with_the_exact_score_recovers_the_data():
   mixture = analytic.eight_gaussians()
   sde = sdes.VPSDE()
   exact = analytic.DiffusedMixture(mixture, sde)
-  draw = functools.partial(run._draw_samples, exact, sde, jr.key(0), num_samples=2000, dim=2,
-                           num_steps=200, t_min=1e-3)
-  samples = draw(mesh=run.make_mesh())
+  sampler = samplers.EulerMaruyama()
+  ts = schedules.uniform_time(sde, 200, 1e-3)
+  draw = functools.partial(run.draw_samples, exact, sde, sampler, ts, jr.key(0), num=2000,
+                           shape=(2,))
+  samples = draw(mesh=run.make_mesh())["x"]
+  # The sharded program draws exactly the examples of the library's sample_batch (same keys).
+  reference = sampling.sample_batch(sde, exact, sampler, ts, key=jr.key(0), num=2000, shape=(2,))
+  np.testing.assert_allclose(samples, reference.x, rtol=0, atol=1e-3)  # rounding, as below
   # Same per-sample keys, so the same samples up to rounding: the partitioned program rounds
   # differently (~1e-7), and 200 steps of the reverse drift, which pushes points between modes
   # apart, amplify that for a few samples (measured up to 5e-5).
-  np.testing.assert_allclose(samples, draw(mesh=run.make_mesh(jax.devices()[:1])), rtol=0,
+  np.testing.assert_allclose(samples, draw(mesh=run.make_mesh(jax.devices()[:1]))["x"], rtol=0,
                              atol=1e-3)
   # Assign each sample to its nearest mode: equal mode weights, offsets N(0, 0.1^2 I).
   nearest = np.argmin(np.linalg.norm(samples[:, None] - np.asarray(mixture.means)[None], axis=-1),

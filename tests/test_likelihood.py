@@ -25,11 +25,7 @@ def _mixture(dim: int) -> analytic.GaussianMixture:
   variances between 0.01 and 0.1 (log-uniform): well-separated modes at several scales."""
   if dim == 2:
     return analytic.eight_gaussians()
-  mean_key, var_key, weight_key = jr.split(jr.key(dim), 3)
-  means = jr.normal(mean_key, (4, dim))
-  variances = jnp.exp(jr.uniform(var_key, (4, dim), minval=math.log(0.01), maxval=math.log(0.1)))
-  return analytic.GaussianMixture.create(jr.uniform(weight_key, (4,), minval=0.5, maxval=1.5),
-                                         means, variances)
+  return analytic.random_mixture(jr.key(dim), dim)
 
 
 _SDES = {"vp": sdes.VPSDE(), "subvp": sdes.SubVPSDE(), "ve": sdes.VESDE()}

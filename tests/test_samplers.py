@@ -14,7 +14,7 @@ import pytest
 
 from diffusion_jax import analytic, metrics, schedules, sdes
 from diffusion_jax import samplers as S
-from diffusion_jax.sample import sample, sample_batch
+from diffusion_jax.sampling import sample, sample_batch
 
 # Non-centred, unequal weights, anisotropic components.
 GMM = analytic.GaussianMixture.create([0.3, 0.7], [[-2.0, 1.0], [1.5, -0.5]], [[0.3, 0.1], [0.2, 0.5]])

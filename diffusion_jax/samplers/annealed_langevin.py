@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import flax.struct
-import jax.numpy as jnp
 
 from diffusion_jax import schedules
 from diffusion_jax.samplers import base

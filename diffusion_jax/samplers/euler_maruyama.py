@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import flax.struct
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from diffusion_jax import analytic, sdes
 from diffusion_jax import samplers as S
-from diffusion_jax.sample import sample
+from diffusion_jax.sampling import sample
 
 
 def main():

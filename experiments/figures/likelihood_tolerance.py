@@ -11,11 +11,9 @@ low-budget setting of 60 NFE at about 3e-3).
 
 import argparse
 import functools
-import math
 
 import _common
 import jax
-import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
@@ -32,11 +30,7 @@ def mixture(dim):
   """The benchmark problems of benchmarks/likelihood.py."""
   if dim == 2:
     return analytic.eight_gaussians()
-  mean_key, var_key, weight_key = jr.split(jr.key(dim), 3)
-  means = jr.normal(mean_key, (4, dim))
-  variances = jnp.exp(jr.uniform(var_key, (4, dim), minval=math.log(0.01), maxval=math.log(0.1)))
-  return analytic.GaussianMixture.create(jr.uniform(weight_key, (4,), minval=0.5, maxval=1.5),
-                                         means, variances)
+  return analytic.random_mixture(jr.key(dim), dim)
 
 
 @functools.partial(jax.jit, static_argnames=("sde", "variable"))

@@ -20,7 +20,7 @@ from samplers import GRIDS, SAMPLERS, make_problem, steps_for, t_min_of  # noqa:
 
 from diffusion_jax import analytic, metrics, sdes  # noqa: E402
 from diffusion_jax import samplers as S  # noqa: E402
-from diffusion_jax.sample import sample_batch  # noqa: E402
+from diffusion_jax.sampling import sample_batch  # noqa: E402
 
 SHOWN = ["ancestral", "pc_langevin", "edm_stochastic", "euler_ode", "ddim", "heun", "dpm_solver_2m",
          "dpm_solver_3m", "unipc", "ipndm"]

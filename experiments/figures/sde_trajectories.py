@@ -17,7 +17,7 @@ import numpy as np
 
 from diffusion_jax import analytic, schedules, sdes
 from diffusion_jax import samplers as S
-from diffusion_jax.sample import sample_batch
+from diffusion_jax.sampling import sample_batch
 
 
 def forward_paths(sde, x0, ts, key):

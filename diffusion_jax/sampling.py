@@ -80,14 +80,23 @@ def _as_pytree(score_fn):
   return score_fn
 
 
+def sample_from_prior(sde: AbstractLinearSDE, score_fn: ScoreFn, sampler: AbstractSampler,
+                      ts: jax.Array, *, key: jax.Array, shape: tuple[int, ...],
+                      denoise_final: bool | None = None,
+                      save_trajectory: bool = False) -> SampleOutput:
+  """One example from x_init ~ prior: the prior draw uses split(key)[0], the sampler split(key)[1]."""
+  prior_key, sample_key = jr.split(key)
+  x_init = sde.prior_sample(prior_key, shape)
+  return sample(sde, score_fn, sampler, ts, x_init, key=sample_key, denoise_final=denoise_final,
+                save_trajectory=save_trajectory)
+
+
 @functools.partial(jax.jit, static_argnames=("num", "shape", "denoise_final", "save_trajectory"))
 def _sample_batch(sde, score_fn, sampler, ts, key, offset, *, num, shape, denoise_final,
                   save_trajectory):
   def one(example_key):
-    prior_key, sample_key = jr.split(example_key)
-    x_init = sde.prior_sample(prior_key, shape)
-    return sample(sde, score_fn, sampler, ts, x_init, key=sample_key, denoise_final=denoise_final,
-                  save_trajectory=save_trajectory)
+    return sample_from_prior(sde, score_fn, sampler, ts, key=example_key, shape=shape,
+                             denoise_final=denoise_final, save_trajectory=save_trajectory)
 
   # The axis is named so a sampler may opt into batch statistics (Langevin(axis_name="batch")).
   return jax.vmap(one, axis_name=BATCH_AXIS)(example_keys(key, num, offset))

@@ -10,7 +10,7 @@ import pytest
 from diffusion_jax import analytic, schedules, sdes
 from diffusion_jax import samplers as S
 from diffusion_jax.parameterization import NetworkScore, Prediction
-from diffusion_jax.sample import example_keys, sample, sample_batch
+from diffusion_jax.sampling import example_keys, sample, sample_batch
 
 GMM = analytic.GaussianMixture.create([0.3, 0.7], [[-2.0, 1.0], [1.5, -0.5]], [[0.3, 0.1], [0.2, 0.5]])
 SDE = sdes.VPSDE()
