@@ -76,6 +76,7 @@ SAMPLERS = {
     "unipc": (S.UniPC(order=2), "log_snr", 1, False),
     "unipc_quad": (S.UniPC(order=2), "time_quadratic", 1, False),
     "unipc_bh1_quad": (S.UniPC(order=2, bh2=False), "time_quadratic", 1, False),
+    "unipc3": (S.UniPC(order=3), "log_snr", 1, False),
     "ipndm": (S.IPNDM(), "time_quadratic", 1, False),
 }
 ADAPTIVE_TOLS = [1e-2, 1e-3, 1e-4]
