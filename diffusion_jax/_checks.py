@@ -13,8 +13,24 @@ def is_concrete(value) -> bool:
 
 
 def check_positive(name: str, value) -> None:
-  if is_concrete(value) and not np.all(np.asarray(value) > 0):
+  """For hyperparameters (static Python or NumPy values), never for traced arrays."""
+  if not np.all(np.asarray(value) > 0):
     raise ValueError(f"{name} must be > 0, got {value!r}.")
+
+
+def check_nonnegative(name: str, value) -> None:
+  if not np.all(np.asarray(value) >= 0):
+    raise ValueError(f"{name} must be >= 0, got {value!r}.")
+
+
+def check_count(name: str, value, minimum: int = 1) -> None:
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+
+
+def check_choice(name: str, value, allowed) -> None:
+  if value not in allowed:
+    raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}.")
 
 
 def check_less(name_lo: str, lo, name_hi: str, hi) -> None:

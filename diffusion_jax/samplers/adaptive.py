@@ -6,7 +6,7 @@ import diffrax
 import flax.struct
 import jax.numpy as jnp
 
-from diffusion_jax import schedules
+from diffusion_jax import _checks, schedules
 from diffusion_jax.samplers import base
 
 
@@ -26,10 +26,10 @@ class AdaptiveODE(base.AbstractSampler):
   initial_steps: int = flax.struct.field(pytree_node=False, default=16)
 
   def __post_init__(self):
-    base.check_positive("rtol", self.rtol)
-    base.check_positive("atol", self.atol)
-    base.check_count("max_steps", self.max_steps)
-    base.check_count("initial_steps", self.initial_steps)
+    _checks.check_positive("rtol", self.rtol)
+    _checks.check_positive("atol", self.atol)
+    _checks.check_count("max_steps", self.max_steps)
+    _checks.check_count("initial_steps", self.initial_steps)
     if not isinstance(self.solver, (diffrax.Tsit5, diffrax.Dopri5)):
       raise ValueError(f"solver must be diffrax.Tsit5() or diffrax.Dopri5(), got {self.solver!r}.")
 

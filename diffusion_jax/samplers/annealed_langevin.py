@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import flax.struct
 
-from diffusion_jax import schedules
+from diffusion_jax import _checks, schedules
 from diffusion_jax.samplers import base
 from diffusion_jax.samplers.langevin import langevin_chain
 
@@ -26,8 +26,8 @@ class AnnealedLangevin(base.AbstractSampler):
   stochastic = True
 
   def __post_init__(self):
-    base.check_positive("step_lr", self.step_lr)
-    base.check_count("num_steps", self.num_steps)
+    _checks.check_positive("step_lr", self.step_lr)
+    _checks.check_count("num_steps", self.num_steps)
 
   def init(self, sde, score_fn, ts, x):
     return sde.sigma(ts[-1])

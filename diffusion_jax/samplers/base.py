@@ -101,23 +101,3 @@ def start_counter(ts: jax.Array) -> StepCounter:
 
 def advance(counter: StepCounter) -> StepCounter:
   return counter.replace(index=counter.index + 1)
-
-
-def check_choice(name: str, value, allowed) -> None:
-  if value not in allowed:
-    raise ValueError(f"{name} must be one of {sorted(allowed)}, got {value!r}.")
-
-
-def check_nonnegative(name: str, value) -> None:
-  if not value >= 0:
-    raise ValueError(f"{name} must be >= 0, got {value!r}.")
-
-
-def check_positive(name: str, value) -> None:
-  if not value > 0:
-    raise ValueError(f"{name} must be > 0, got {value!r}.")
-
-
-def check_count(name: str, value, minimum: int = 1) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")

@@ -6,7 +6,7 @@ import flax.struct
 import jax.numpy as jnp
 import jax.random as jr
 
-from diffusion_jax import schedules
+from diffusion_jax import _checks, schedules
 from diffusion_jax.samplers import base
 
 
@@ -22,7 +22,7 @@ class DDIM(base.AbstractSampler):
   eta: float = flax.struct.field(pytree_node=False, default=0.0)
 
   def __post_init__(self):
-    base.check_nonnegative("eta", self.eta)
+    _checks.check_nonnegative("eta", self.eta)
 
   @property
   def stochastic(self) -> bool:

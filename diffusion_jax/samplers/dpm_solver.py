@@ -8,6 +8,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax import _checks
 from diffusion_jax.samplers import base
 
 
@@ -85,7 +86,7 @@ class DPMSolverPP(base.AbstractSampler):
   lower_order_final: bool = flax.struct.field(pytree_node=False, default=True)
 
   def __post_init__(self):
-    base.check_choice("order", self.order, {1, 2, 3})
+    _checks.check_choice("order", self.order, {1, 2, 3})
 
   def init(self, sde, score_fn, ts, x):
     return start_history(ts, x, self.order - 1)

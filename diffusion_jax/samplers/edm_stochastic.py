@@ -8,7 +8,7 @@ import flax.struct
 import jax.numpy as jnp
 import jax.random as jr
 
-from diffusion_jax import schedules
+from diffusion_jax import _checks, schedules
 from diffusion_jax.samplers import base
 from diffusion_jax.samplers.heun import heun_step
 
@@ -30,9 +30,9 @@ class EDMStochastic(base.AbstractSampler):
   stochastic = True
 
   def __post_init__(self):
-    base.check_nonnegative("s_churn", self.s_churn)
-    base.check_nonnegative("s_tmin", self.s_tmin)
-    base.check_nonnegative("s_noise", self.s_noise)
+    _checks.check_nonnegative("s_churn", self.s_churn)
+    _checks.check_nonnegative("s_tmin", self.s_tmin)
+    _checks.check_nonnegative("s_noise", self.s_noise)
     if not self.s_tmax >= self.s_tmin:
       raise ValueError(f"s_tmax must be >= s_tmin, got s_tmin={self.s_tmin}, s_tmax={self.s_tmax}.")
 

@@ -6,6 +6,7 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax import _checks
 from diffusion_jax.samplers import base
 from diffusion_jax.samplers.dpm_solver import push, start_history
 
@@ -29,7 +30,7 @@ class IPNDM(base.AbstractSampler):
   order: int = flax.struct.field(pytree_node=False, default=4)
 
   def __post_init__(self):
-    base.check_choice("order", self.order, {1, 2, 3, 4})
+    _checks.check_choice("order", self.order, {1, 2, 3, 4})
 
   def init(self, sde, score_fn, ts, x):
     return start_history(ts, x, self.order - 1)

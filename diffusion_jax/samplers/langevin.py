@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from diffusion_jax import schedules
+from diffusion_jax import _checks, schedules
 from diffusion_jax.samplers import base
 
 
@@ -50,10 +50,10 @@ class Langevin(base.AbstractSampler):
   stochastic = True
 
   def __post_init__(self):
-    base.check_positive("snr", self.snr)
-    base.check_count("num_steps", self.num_steps)
+    _checks.check_positive("snr", self.snr)
+    _checks.check_count("num_steps", self.num_steps)
     if self.step_size is not None:
-      base.check_positive("step_size", self.step_size)
+      _checks.check_positive("step_size", self.step_size)
 
   def step(self, sde, score_fn, t, t_next, x, state, *, key):
     if self.step_size is not None:
