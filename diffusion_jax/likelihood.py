@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jax.scipy.special import log_ndtr
 
-from diffusion_jax import ode
+from diffusion_jax import ode, schedules
 from diffusion_jax.sde import AbstractLinearSDE, ScoreFn
 from diffusion_jax.sdes import VESDE
 
@@ -187,10 +187,8 @@ class InSigma(AbstractFlowVariable):
   Here grad_y log p(y) = alpha score(x, t), and the ODE has no drift term. For VE (alpha = 1) y = x
   and s = sigma: trajectories of Gaussian-like data are nearly straight lines in sigma at large
   sigma, so an adaptive solver steps further than in t. t(s) is closed-form for ``VESDE`` and
-  found by bisection in log t otherwise.
+  found by bisection on the log-SNR otherwise.
   """
-
-  bisection_steps: int = flax.struct.field(pytree_node=False, default=48)
 
   def variable(self, sde, t):
     return sde.sigma(t) / sde.alpha(t)
@@ -198,8 +196,8 @@ class InSigma(AbstractFlowVariable):
   def time(self, sde, s):
     if isinstance(sde, VESDE):
       return sde.time_at_sigma(s)
-    return _invert_increasing(lambda t: jnp.log(self.variable(sde, t)), jnp.log(s), sde.T,
-                              self.bisection_steps)
+    # s = exp(-log_snr / 2): invert the log-SNR (bisection in t, shared with the time grids).
+    return schedules.time_at_log_snr(sde, -2.0 * jnp.log(s))
 
   def log_scale(self, sde, t):
     return sde.log_alpha(t)
@@ -208,21 +206,6 @@ class InSigma(AbstractFlowVariable):
     t = self.time(sde, s)
     alpha = sde.alpha(t)
     return -s * alpha * score_fn(alpha * y, t)
-
-
-def _invert_increasing(fn, target, t_max, steps):
-  """t in (0, t_max] with fn(t) = target for increasing fn, by bisection in log t."""
-  lo = jnp.full(jnp.shape(target), math.log(1e-12 * t_max), jnp.result_type(target))
-  hi = jnp.full(jnp.shape(target), math.log(t_max), jnp.result_type(target))
-
-  def body(_, bounds):
-    lo, hi = bounds
-    mid = 0.5 * (lo + hi)
-    above = fn(jnp.exp(mid)) > target
-    return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
-
-  lo, hi = jax.lax.fori_loop(0, steps, body, (lo, hi))
-  return jnp.exp(0.5 * (lo + hi))
 
 
 # ----------------------------------------------------------------------------------------------
