@@ -27,6 +27,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax.parameterization import Prediction, from_eps, to_eps
 from diffusion_jax.sde import AbstractLinearSDE, ScoreFn
 
 
@@ -50,7 +51,8 @@ def evaluate(sde: AbstractLinearSDE, score_fn: ScoreFn, x: jax.Array, t: jax.Arr
   """Evaluate ``score_fn`` once and convert: eps = -sigma s, denoised = (x + sigma^2 s)/alpha."""
   alpha, sigma = sde.alpha(t), sde.sigma(t)
   score = score_fn(x, t)
-  return Evaluation(score=score, eps=-sigma * score, denoised=(x + sigma**2 * score) / alpha)
+  eps = to_eps(score, x, alpha, sigma, Prediction.SCORE)
+  return Evaluation(score=score, eps=eps, denoised=from_eps(eps, x, alpha, sigma, Prediction.X0))
 
 
 def nfe(count: int) -> jax.Array:
