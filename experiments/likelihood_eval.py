@@ -29,11 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from diffusion_jax import likelihood
+from diffusion_jax.sampling import example_keys
 from experiments import build
 from experiments import run as run_lib
-
-_LIKELIHOOD_PURPOSE = 5  # a key stream of its own, next to run.py's purposes 0-4
-
 
 def _make_score_batch(config, sde, score_fn, divergence, variable):
   """jit(vmap) of the per-example estimate: (x, keys) -> dict of per-example arrays."""
@@ -86,18 +84,15 @@ def evaluate_likelihood(config: ml_collections.ConfigDict, score_fn, sde, datase
   divergence = build.build_divergence(config)
   variable = build.build_flow_variable(config, sde)
   score_batch = _make_score_batch(config, sde, score_fn, divergence, variable)
-  key = jr.fold_in(jr.key(config.seed), _LIKELIHOOD_PURPOSE)
-  data_key, estimate_key = jr.split(key)
+  data_key, estimate_key = jr.split(run_lib.likelihood_key(config))
   batch_size = min(c.batch_size, c.num_samples)
-  example_keys = lambda k, idx: jax.vmap(lambda i: jr.fold_in(k, i))(idx)
   chunks = []
   with tqdm(total=c.num_samples, desc="log-likelihood", disable=not progress,
             dynamic_ncols=True) as bar:
     for offset in range(0, c.num_samples, batch_size):
       # Padded to a full batch so every chunk reuses one compilation.
-      idx = jnp.arange(offset, offset + batch_size)
-      x = jax.vmap(dataset.sample_fn)(example_keys(data_key, idx))
-      out = score_batch(x, example_keys(estimate_key, idx))
+      x = jax.vmap(dataset.sample_fn)(example_keys(data_key, batch_size, offset))
+      out = score_batch(x, example_keys(estimate_key, batch_size, offset))
       chunks.append(jax.device_get({"x": x, **out}))
       bar.update(min(batch_size, c.num_samples - offset))
   return {k: np.concatenate([ch[k] for ch in chunks])[:c.num_samples] for k in chunks[0]}

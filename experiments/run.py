@@ -42,7 +42,7 @@ from experiments import build
 DATA_AXIS = "data"
 
 # Independent key streams derived from config.seed, one per purpose.
-_INIT, _TRAIN, _DATA, _SAMPLE, _EVAL = range(5)
+_INIT, _TRAIN, _DATA, _SAMPLE, _EVAL, _LIKELIHOOD = range(6)
 
 
 def _key(config: ml_collections.ConfigDict, purpose: int) -> jax.Array:
@@ -52,6 +52,11 @@ def _key(config: ml_collections.ConfigDict, purpose: int) -> jax.Array:
 def sampling_key(config: ml_collections.ConfigDict) -> jax.Array:
   """The key of the end-of-training samples, shared with --mode=sample so both draw the same examples."""
   return _key(config, _SAMPLE)
+
+
+def likelihood_key(config: ml_collections.ConfigDict) -> jax.Array:
+  """The key of --mode=eval_likelihood (its test examples and estimator noise)."""
+  return _key(config, _LIKELIHOOD)
 
 
 def _key_data(key: jax.Array) -> np.ndarray:
