@@ -78,6 +78,12 @@ SAMPLERS = {
     "unipc_bh1_quad": (S.UniPC(order=2, bh2=False), "time_quadratic", 1, False),
     "unipc3": (S.UniPC(order=3), "log_snr", 1, False),
     "ipndm": (S.IPNDM(), "time_quadratic", 1, False),
+    "ipndm_lsnr": (S.IPNDM(), "log_snr", 1, False),
+    "ipndm_edm": (S.IPNDM(), "edm", 1, False),
+    # One ancestral step from T, then the ODE solver: it forgets most of the prior mismatch of
+    # x_T ~ N(0, I), which a deterministic solver carries into the mixture weights (samplers.Chain).
+    "ancestral_then_ipndm": (S.Chain(S.DDIM(eta=1.0), S.IPNDM()), "time_quadratic", 1, False),
+    "ancestral_then_unipc": (S.Chain(S.DDIM(eta=1.0), S.UniPC(order=2)), "time_quadratic", 1, False),
 }
 ADAPTIVE_TOLS = [1e-2, 1e-3, 1e-4]
 
@@ -214,11 +220,13 @@ def run_peers(args, problems, report):
       s_tilde = sigma_of(timestep)
       alpha = 1.0 / math.sqrt(1.0 + s_tilde**2)
       sigma = s_tilde * alpha
+      # The same arithmetic as analytic.GaussianMixture.score, which drives our samplers.
       var = alpha**2 * variances + sigma**2  # (K, D)
+      inv_var = 1.0 / var
       diff = alpha * means[None] - x[:, None, :]  # (B, K, D)
-      logp = log_w - 0.5 * ((diff**2 / var).sum(-1) + torch.log(var).sum(-1))
+      logp = log_w - 0.5 * ((diff**2 * inv_var).sum(-1) + torch.log(var).sum(-1))
       resp = torch.softmax(logp, dim=-1)  # (B, K)
-      score = torch.einsum("bk,bkd->bd", resp, diff / var)
+      score = resp @ (alpha * means * inv_var) - x * (resp @ inv_var)
       return -sigma * score
 
     return eps_fn

@@ -75,7 +75,11 @@ class GaussianMixture(flax.struct.PyTreeNode):
   def score(self, x: jax.Array) -> jax.Array:
     """grad_x log p(x) = sum_k r_k(x) (mu_k - x) / v_k."""
     r = self.responsibilities(x)
-    return jnp.einsum("k,kd->d", r, (self.means - x) / self.variances)
+    inv_var = 1.0 / self.variances
+    # The same sum as two (K,) x (K, D) products: under vmap they become matrix products, where the
+    # elementwise form keeps a (batch, K, D) intermediate and runs 2-5x slower on CPU. The cancellation
+    # in mu/v - x/v costs about eps_float * |mu|/v absolute, far below the score's own scale 1/sqrt(v).
+    return r @ (self.means * inv_var) - x * (r @ inv_var)
 
   def sample(self, key: jax.Array, num: int) -> jax.Array:
     """``num`` exact draws, shape (num, D)."""

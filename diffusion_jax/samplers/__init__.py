@@ -4,6 +4,7 @@ from diffusion_jax.samplers.adaptive import AdaptiveODE
 from diffusion_jax.samplers.ancestral import Ancestral
 from diffusion_jax.samplers.annealed_langevin import AnnealedLangevin
 from diffusion_jax.samplers.base import AbstractSampler, StepAux
+from diffusion_jax.samplers.chain import Chain
 from diffusion_jax.samplers.ddim import DDIM
 from diffusion_jax.samplers.dpm_solver import DPMSolverPP
 from diffusion_jax.samplers.edm_stochastic import EDMStochastic
@@ -17,7 +18,7 @@ from diffusion_jax.samplers.reverse_diffusion import ReverseDiffusion
 from diffusion_jax.samplers.unipc import UniPC
 
 __all__ = [
-    "AbstractSampler", "AdaptiveODE", "Ancestral", "AnnealedLangevin", "DDIM", "DPMSolverPP",
+    "AbstractSampler", "AdaptiveODE", "Ancestral", "AnnealedLangevin", "Chain", "DDIM", "DPMSolverPP",
     "EDMStochastic", "Euler", "EulerMaruyama", "Heun", "IPNDM", "Langevin", "PredictorCorrector",
     "ReverseDiffusion", "StepAux", "UniPC",
 ]
