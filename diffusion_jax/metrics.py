@@ -81,10 +81,13 @@ def sliced_wasserstein(x: jax.Array, y: jax.Array, key: jax.Array,
   _check_pair(x, y)
   dirs = jr.normal(key, (x.shape[1], num_projections))
   dirs = dirs / jnp.linalg.norm(dirs, axis=0, keepdims=True)
-  px, py = jnp.sort(x @ dirs, axis=0), jnp.sort(y @ dirs, axis=0)
+  # Projections as rows: sorting along the last axis is several times faster on CPU than axis 0.
+  px, py = jnp.sort(dirs.T @ x.T, axis=-1), jnp.sort(dirs.T @ y.T, axis=-1)
+  if x.shape[0] == y.shape[0]:  # equal sizes: the quantile functions are the sorted values
+    return jnp.mean(jnp.abs(px - py))
   k = max(x.shape[0], y.shape[0])
   levels = (jnp.arange(k) + 0.5) / k
   # Inverse CDF of each empirical projection at the common levels (plain indexing, no interpolation).
-  qx = px[jnp.floor(levels * x.shape[0]).astype(int)]
-  qy = py[jnp.floor(levels * y.shape[0]).astype(int)]
+  qx = px[:, jnp.floor(levels * x.shape[0]).astype(int)]
+  qy = py[:, jnp.floor(levels * y.shape[0]).astype(int)]
   return jnp.mean(jnp.abs(qx - qy))
