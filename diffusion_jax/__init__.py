@@ -13,7 +13,7 @@ from diffusion_jax.losses import LossOutput, Weighting, dsm_loss, dsm_loss_at, n
 from diffusion_jax.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding
 from diffusion_jax.parameterization import NetworkScore, Prediction, convert
 from diffusion_jax.samplers import (DDIM, IPNDM, AbstractSampler, AdaptiveODE, Ancestral,
-                                    AnnealedLangevin, DPMSolverPP, EDMStochastic, Euler,
+                                    AnnealedLangevin, Chain, DPMSolverPP, EDMStochastic, Euler,
                                     EulerMaruyama, Heun, Langevin, PredictorCorrector,
                                     ReverseDiffusion, UniPC)
 from diffusion_jax.sampling import (SampleOutput, example_keys, sample, sample_batch,

@@ -147,6 +147,12 @@ def build_sampler(config: ml_collections.ConfigDict):
     sampler = samplers.PredictorCorrector(sampler, corrector)
   elif c.corrector != "none":
     raise _unknown("config.sampling.corrector", c.corrector, ("none", "langevin"))
+  start = c.get("ancestral_start_steps", 0)
+  if not isinstance(start, int) or start < 0:
+    raise ValueError(f"config.sampling.ancestral_start_steps must be an int >= 0, got {start!r}.")
+  if start:
+    # Ancestral steps first, then the sampler: forgets most of the prior mismatch (samplers.Chain).
+    sampler = samplers.Chain(samplers.DDIM(eta=1.0), sampler, steps=start)
   return sampler
 
 

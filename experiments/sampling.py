@@ -62,7 +62,8 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     return {}
 
   step = int(np.asarray(jax.device_get(state.step)))
-  stem = f"{sc.sampler}{'_pc' if sc.corrector != 'none' else ''}_{len(ts) - 1}steps_step{step}"
+  start = f"ancestral{sc.ancestral_start_steps}_" if sc.get("ancestral_start_steps", 0) else ""
+  stem = f"{start}{sc.sampler}{'_pc' if sc.corrector != 'none' else ''}_{len(ts) - 1}steps_step{step}"
   out_dir = workdir / "samples"
   out_dir.mkdir(parents=True, exist_ok=True)
   np.savez(out_dir / f"{stem}.npz", ts=ts, **drawn)

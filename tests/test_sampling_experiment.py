@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from diffusion_jax import samplers
 from experiments import build, sampling
 from experiments import run as run_lib
 from experiments.configs import toy2d_tiny
@@ -61,3 +62,10 @@ def test_unknown_sampling_names_raise_naming_the_key(key, value):
     build.build_sampler(config)
     build.build_time_grid(config, build.build_sde(config))
     build.build_denoise_final(config)
+
+
+def test_ancestral_start_from_the_config():
+  sampler = build.build_sampler(sample_config(sampler="ipndm", ancestral_start_steps=1))
+  assert sampler == samplers.Chain(samplers.DDIM(eta=1.0), samplers.IPNDM(), steps=1)
+  with pytest.raises(ValueError, match="config.sampling.ancestral_start_steps"):
+    build.build_sampler(sample_config(sampler="ipndm", ancestral_start_steps=-1))

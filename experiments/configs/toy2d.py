@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling.corrector = "none"  # One of: none, langevin (predictor-corrector).
   config.sampling.snr = 0.16  # Langevin corrector
   config.sampling.corrector_steps = 1
+  # > 0: that many ancestral (DDPM-posterior) steps from T before the sampler takes over, which
+  # removes most of the prior mismatch an ODE solver would keep (samplers.Chain).
+  config.sampling.ancestral_start_steps = 0
   config.sampling.langevin_step_lr = 2e-5  # annealed_langevin: eps_i = step_lr sigma_i^2 / sigma_L^2
   config.sampling.langevin_steps = 100  # annealed_langevin: steps per noise level
   config.sampling.eta = 0.0  # ddim
