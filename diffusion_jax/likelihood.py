@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jax.scipy.special import log_ndtr
 
-from diffusion_jax import ode, schedules
+from diffusion_jax import _checks, ode, schedules
 from diffusion_jax.sde import AbstractLinearSDE, ScoreFn
 from diffusion_jax.sdes import VESDE
 
@@ -113,8 +113,7 @@ class Hutchinson(AbstractDivergence):
   probe: Probe = flax.struct.field(pytree_node=False, default=Probe.RADEMACHER)
 
   def __post_init__(self):
-    if not (isinstance(self.num_probes, int) and self.num_probes >= 1):
-      raise ValueError(f"num_probes must be an int >= 1, got {self.num_probes!r}.")
+    _checks.check_count("num_probes", self.num_probes)
     if not isinstance(self.probe, Probe):
       raise ValueError(f"probe must be a Probe, got {self.probe!r}.")
 
@@ -388,8 +387,7 @@ def round_trip(sde: AbstractLinearSDE, score_fn: ScoreFn, x: jax.Array, **kwargs
 
 
 def _check_levels(num_levels, data_range):
-  if not (isinstance(num_levels, int) and num_levels >= 2):
-    raise ValueError(f"num_levels must be an int >= 2, got {num_levels!r}.")
+  _checks.check_count("num_levels", num_levels, minimum=2)
   lo, hi = data_range
   if not lo < hi:
     raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {data_range!r}.")
@@ -441,8 +439,7 @@ def bits_per_dim(logp_fn: Callable[[jax.Array, jax.Array], jax.Array], pixels: j
   with its own key for Hutchinson probes); ``pixels`` holds integer levels in {0..L-1}.
   Uniform dequantization: Theis et al. 2016; Ho et al. 2019, Sec. 3.1.
   """
-  if not (isinstance(num_draws, int) and num_draws >= 1):
-    raise ValueError(f"num_draws must be an int >= 1, got {num_draws!r}.")
+  _checks.check_count("num_draws", num_draws)
   pixels = jnp.asarray(pixels)
   if jnp.issubdtype(pixels.dtype, jnp.floating):
     raise ValueError(f"pixels must hold integer levels, got dtype {pixels.dtype}.")
@@ -517,8 +514,7 @@ def ddpm_elbo(sde: AbstractLinearSDE, score_fn: ScoreFn, pixels: jax.Array, *, k
   """
   _check_variance_preserving(sde)
   lo, hi = _check_levels(num_levels, data_range)
-  if not (isinstance(num_steps, int) and num_steps >= 2):
-    raise ValueError(f"num_steps must be an int >= 2, got {num_steps!r}.")
+  _checks.check_count("num_steps", num_steps, minimum=2)
   if not isinstance(variance, ReverseVariance):
     raise ValueError(f"variance must be a ReverseVariance, got {variance!r}.")
   pixels = jnp.asarray(pixels)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from diffusion_jax import schedules
+from diffusion_jax import _checks, schedules
 from diffusion_jax.samplers.base import AbstractSampler, evaluate
 from diffusion_jax.sde import AbstractLinearSDE, ScoreFn
 
@@ -109,8 +109,7 @@ def sample_batch(sde: AbstractLinearSDE, score_fn: ScoreFn, sampler: AbstractSam
 
   Splitting one draw into chunks (offset = 0, c, 2c, ...) gives the same examples as one call.
   """
-  if not isinstance(num, int) or num < 1:
-    raise ValueError(f"num must be a positive int, got {num!r}.")
+  _checks.check_count("num", num)
   schedules.check_grid(ts)
   return _sample_batch(sde, _as_pytree(score_fn), sampler, jnp.asarray(ts, jnp.result_type(float)),
                        key, jnp.asarray(offset, jnp.int32), num=num, shape=tuple(shape),

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax import _checks
 from diffusion_jax.sde import AbstractLinearSDE
 
 # Bisection on [0, T] halves the bracket each pass; 60 passes reach below float64 resolution.
@@ -25,8 +26,7 @@ _BISECTION_STEPS = 60
 
 
 def _check_grid_args(sde: AbstractLinearSDE, num_steps: int, t_min: float | None) -> float:
-  if not isinstance(num_steps, int) or num_steps < 1:
-    raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
+  _checks.check_count("num_steps", num_steps)
   t_min = sde.t_min_default if t_min is None else t_min
   if not 0.0 <= float(t_min) < sde.T:
     raise ValueError(f"t_min must lie in [0, T={sde.T}), got {t_min!r}.")

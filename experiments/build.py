@@ -5,7 +5,8 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from diffusion_jax import data, likelihood, nets, samplers, sampling, schedules, sdes, train
+from diffusion_jax import (_checks, data, likelihood, nets, samplers, sampling, schedules, sdes,
+                           train)
 from diffusion_jax.analytic import GaussianMixture
 from diffusion_jax.losses import Weighting
 from diffusion_jax.parameterization import Prediction
@@ -148,8 +149,7 @@ def build_sampler(config: ml_collections.ConfigDict):
   elif c.corrector != "none":
     raise _unknown("config.sampling.corrector", c.corrector, ("none", "langevin"))
   start = c.get("ancestral_start_steps", 0)
-  if not isinstance(start, int) or start < 0:
-    raise ValueError(f"config.sampling.ancestral_start_steps must be an int >= 0, got {start!r}.")
+  _checks.check_count("config.sampling.ancestral_start_steps", start, minimum=0)
   if start:
     # Ancestral steps first, then the sampler: forgets most of the prior mismatch (samplers.Chain).
     sampler = samplers.Chain(samplers.DDIM(eta=1.0), sampler, steps=start)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-
 from diffusion_jax.samplers import base
 
 
-def heun_step(sde, score_fn, x_scaled, sigma, t, sigma_next, t_next, ev=None):
+def heun_step(sde, score_fn, x_scaled, sigma, t, sigma_next, t_next):
   """One Heun step of dx~/dsigma~ = (x~ - denoised)/sigma~ from sigma to sigma_next (scaled x~ = x/alpha).
 
-  Returns (x~_next, denoised at the last evaluation, nfe). ``ev`` reuses an evaluation at (x, t).
+  Two evaluations; returns (x~_next, denoised at the second evaluation).
   """
-  if ev is None:
-    ev = base.evaluate(sde, score_fn, x_scaled * sde.alpha(t), t)
+  ev = base.evaluate(sde, score_fn, x_scaled * sde.alpha(t), t)
   # Euler predictor (Alg. 1, lines 4-5).
   d = (x_scaled - ev.denoised) / sigma
   x_euler = x_scaled + (sigma_next - sigma) * d
