@@ -9,12 +9,12 @@ the way a large draw is split into chunks.
 from __future__ import annotations
 
 import functools
-import types
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
 from diffusion_jax import _checks, schedules
 from diffusion_jax.samplers.base import AbstractSampler, evaluate
@@ -73,11 +73,16 @@ def example_keys(key: jax.Array, num: int, offset: int | jax.Array = 0) -> jax.A
 
 
 def _as_pytree(score_fn):
-  # A plain function is wrapped so it can cross ``jit`` as static structure; pytrees (NetworkScore,
-  # DiffusedMixture, Partial) pass as they are, so new parameters reuse the compiled code.
-  if isinstance(score_fn, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
-    return jax.tree_util.Partial(score_fn)
-  return score_fn
+  # Pytrees whose leaves are all arrays (NetworkScore, DiffusedMixture, Partial of arrays) pass as
+  # they are, so new parameters reuse the compiled code. Anything else callable (a function, a
+  # functools.partial, an object jit cannot see into) is wrapped so it crosses ``jit`` as static
+  # structure: a new such object compiles anew.
+  if not callable(score_fn):
+    raise ValueError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}.")
+  if all(isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex, bool))
+         for leaf in jax.tree.leaves(score_fn)):
+    return score_fn
+  return jax.tree_util.Partial(score_fn)
 
 
 def sample_from_prior(sde: AbstractLinearSDE, score_fn: ScoreFn, sampler: AbstractSampler,
