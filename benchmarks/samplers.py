@@ -10,6 +10,10 @@ the wall time per batch. In the same run, diffusers' schedulers (DDIM, DPMSolver
 Heun, EulerAncestral, DDPM) sample the VP problems driven by the same exact noise prediction
 written in torch, and the JSON holds our-to-peer ratios. The full run is sized for one GPU; --quick
 is a CPU-sized run (fewer dimensions, NFEs, seeds and samples).
+
+The wall times here come from one process that runs both libraries, where each one's thread pool
+can slow the other; benchmarks/sampler_speed.py is the speed comparison proper (each side in its
+own process, same CPUs and threads).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import platform
 import sys
 import time
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -45,6 +50,52 @@ def make_problem(dim: int, seed: int = 0) -> analytic.GaussianMixture:
   means = rng.normal(size=(k, dim)) * 2.0 / math.sqrt(max(dim / 2, 1)) + 1.0
   variances = rng.uniform(0.05, 0.6, size=(k, dim))
   return analytic.GaussianMixture.create(weights, means, variances)
+
+
+def _score_rows(dm: analytic.DiffusedMixture, x: jax.Array, t: jax.Array) -> jax.Array:
+  """dm.score for a batch x of shape (B, D), computed with (K, D, B) intermediates."""
+  gmm, sde = dm.data, dm.sde
+  alpha, sigma = sde.alpha(t), sde.sigma(t)
+  var = alpha**2 * gmm.variances + sigma**2  # (K, D)
+  inv_var = 1.0 / var
+  mu = alpha * gmm.means
+  xt = x.T  # (D, B)
+  diff = mu[:, :, None] - xt[None]  # (K, D, B)
+  logp = jnp.log(gmm.weights)[:, None] - 0.5 * (jnp.sum(diff * diff * inv_var[:, :, None], 1)
+                                                + jnp.sum(jnp.log(var), -1)[:, None])
+  resp = jax.nn.softmax(logp, axis=0)  # (K, B)
+  return ((mu * inv_var).T @ resp - xt * (inv_var.T @ resp)).T
+
+
+@jax.custom_batching.custom_vmap
+def _batch_minor_score(dm, x, t):
+  return _score_rows(dm, x[None], t)[0]
+
+
+@_batch_minor_score.def_vmap
+def _batch_minor_score_vmap(axis_size, in_batched, dm, x, t):
+  dm_batched, x_batched, t_batched = in_batched
+  if x_batched and not t_batched and not any(jax.tree.leaves(dm_batched)):
+    return _score_rows(dm, x, t), True
+  # Anything else batched (a per-example time, a batch of mixtures): the plain per-example vmap.
+  axes = jax.tree.map(lambda b: 0 if b else None, in_batched)
+  return jax.vmap(lambda d, xx, tt: _score_rows(d, xx[None], tt)[0], in_axes=axes)(dm, x, t), True
+
+
+class BatchMinorScore(flax.struct.PyTreeNode):
+  """The mixture's exact score, dm.score, evaluated batch-minor when vmapped over examples.
+
+  vmap of the per-example score keeps (batch, K, D) intermediates, and for D = 2 their reductions
+  over axes of size 2 and 4 vectorise badly on CPU. Its vmap rule computes on (K, D, batch) arrays
+  instead, so every reduction runs along contiguous batch rows. Same values up to rounding; it has
+  no reverse-mode derivative (custom_vmap), which sampling does not need. The peer gets the same
+  form (``torch_eps_fn(layout="kdb")``).
+  """
+
+  dm: analytic.DiffusedMixture
+
+  def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    return _batch_minor_score(self.dm, x, t)
 
 
 def t_min_of(sde) -> float:
@@ -78,6 +129,10 @@ SAMPLERS = {
     "unipc_quad": (S.UniPC(order=2), "time_quadratic", 1, False),
     "unipc_bh1_quad": (S.UniPC(order=2, bh2=False), "time_quadratic", 1, False),
     "unipc3": (S.UniPC(order=3), "log_snr", 1, False),
+    # Third order to the end, without the lower-order final steps (the "_full" configurations): in
+    # VE 64-D the warm-down doubles UniPC-3's path error at 10 NFE.
+    "unipc3_full": (S.UniPC(order=3, lower_order_final=False), "log_snr", 1, False),
+    "dpm_solver_3m_full": (S.DPMSolverPP(order=3, lower_order_final=False), "log_snr", 1, False),
     "ipndm": (S.IPNDM(), "time_quadratic", 1, False),
     "ipndm_lsnr": (S.IPNDM(), "log_snr", 1, False),
     "ipndm_edm": (S.IPNDM(), "edm", 1, False),
@@ -196,98 +251,132 @@ def run_ours(args, problems, report):
 # ------------------------------------------------------------------------------------- peers ----
 
 
+PEERS = ["ddim", "dpm_solver_multistep", "euler", "heun", "euler_ancestral", "ddpm"]
+
+
+def torch_device(requested: str) -> str:
+  import torch
+  if requested == "auto":
+    return "cuda" if torch.cuda.is_available() else "cpu"
+  return requested
+
+
+def diffusers_tables():
+  """The 1000-step discretisation of our VP SDE that the schedulers are built on: betas, sigma~."""
+  alphas_cumprod = sdes.alphas_cumprod(sdes.VPSDE(), 1000)
+  return sdes.betas_from_alphas_cumprod(alphas_cumprod), np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+
+
+def torch_eps_fn(gmm: analytic.GaussianMixture, device: str, layout: str = "bkd"):
+  """The mixture's exact noise prediction eps(x, timestep) in torch, for diffusers' schedulers.
+
+  The same arithmetic as ours: ``layout="bkd"`` is analytic.GaussianMixture.score as vmap runs it,
+  (batch, K, D) intermediates; ``"kdb"`` is BatchMinorScore's (K, D, batch) form."""
+  import torch
+  _, sigma_table = diffusers_tables()
+  means = torch.tensor(np.asarray(gmm.means), dtype=torch.float32, device=device)
+  variances = torch.tensor(np.asarray(gmm.variances), dtype=torch.float32, device=device)
+  log_w = torch.log(torch.tensor(np.asarray(gmm.weights), dtype=torch.float32, device=device))
+
+  def sigma_of(timestep):
+    # The schedulers' own view of a (possibly fractional) timestep: sigma~ linearly interpolated
+    # in the 1000-entry table, as diffusers' Euler/Heun do; exact at integer timesteps.
+    tau = float(timestep)
+    lo = int(math.floor(tau))
+    hi = min(lo + 1, 999)
+    frac = tau - lo
+    return float((1 - frac) * sigma_table[lo] + frac * sigma_table[hi])
+
+  def eps_fn(x, timestep):
+    s_tilde = sigma_of(timestep)
+    alpha = 1.0 / math.sqrt(1.0 + s_tilde**2)
+    sigma = s_tilde * alpha
+    var = alpha**2 * variances + sigma**2  # (K, D)
+    inv_var = 1.0 / var
+    mu = alpha * means
+    if layout == "bkd":
+      diff = mu[None] - x[:, None, :]  # (B, K, D)
+      logp = log_w - 0.5 * ((diff**2 * inv_var).sum(-1) + torch.log(var).sum(-1))
+      resp = torch.softmax(logp, dim=-1)  # (B, K)
+      return -sigma * (resp @ (mu * inv_var) - x * (resp @ inv_var))
+    xt = x.T  # (D, B)
+    diff = mu[:, :, None] - xt[None]  # (K, D, B)
+    logp = log_w[:, None] - 0.5 * ((diff * diff * inv_var[:, :, None]).sum(1)
+                                   + torch.log(var).sum(-1)[:, None])
+    resp = torch.softmax(logp, dim=0)  # (K, B)
+    return (-sigma * ((mu * inv_var).T @ resp - xt * (inv_var.T @ resp))).T
+
+  return eps_fn
+
+
+def diffusers_scheduler(name: str, steps: int, device: str):
+  import diffusers
+  betas, _ = diffusers_tables()
+  common = dict(num_train_timesteps=1000, trained_betas=betas.tolist())
+  if name == "ddim":
+    sched = diffusers.DDIMScheduler(**common, clip_sample=False, timestep_spacing="trailing",
+                                    set_alpha_to_one=True)
+  elif name == "dpm_solver_multistep":
+    sched = diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+  elif name == "euler":
+    sched = diffusers.EulerDiscreteScheduler(**common)
+  elif name == "heun":
+    sched = diffusers.HeunDiscreteScheduler(**common)
+  elif name == "euler_ancestral":
+    sched = diffusers.EulerAncestralDiscreteScheduler(**common)
+  elif name == "ddpm":
+    sched = diffusers.DDPMScheduler(**common, clip_sample=False, timestep_spacing="trailing")
+  else:
+    raise ValueError(f"unknown diffusers scheduler {name!r}; choose from {PEERS}")
+  sched.set_timesteps(steps, device=device)
+  return sched
+
+
+def peer_steps(name: str, nfe: int) -> int:
+  """Scheduler steps for an NFE budget: Heun spends two evaluations a step."""
+  return (nfe + 1) // 2 if name == "heun" else nfe
+
+
+def run_diffusers(name: str, steps: int, eps_fn, num: int, dim: int, seed: int, device: str):
+  """The standard diffusers sampling loop: (final sample, score evaluations used)."""
+  import torch
+  sched = diffusers_scheduler(name, steps, device)
+  gen = torch.Generator(device=device).manual_seed(seed)
+  x = torch.randn((num, dim), generator=gen, device=device) * sched.init_noise_sigma
+  nfe = 0
+  for t in sched.timesteps:
+    eps = eps_fn(sched.scale_model_input(x, t), t)
+    nfe += 1
+    kwargs = {"generator": gen} if name in ("euler_ancestral", "ddpm") else {}
+    x = sched.step(eps, t, x, **kwargs).prev_sample
+  if device == "cuda":
+    torch.cuda.synchronize()
+  return x, nfe
+
+
 def run_peers(args, problems, report):
   import diffusers
   import torch
 
-  device = "cuda" if (args.peer_device == "auto" and torch.cuda.is_available()) else (
-      args.peer_device if args.peer_device != "auto" else "cpu")
+  device = torch_device(args.peer_device)
   if device == "cpu":
     torch.set_num_threads(args.threads)
   report["peers_meta"] = {"diffusers": diffusers.__version__, "torch": torch.__version__,
                           "device": device, "torch_threads": torch.get_num_threads()}
-  sde = sdes.VPSDE()
-  alphas_cumprod = sdes.alphas_cumprod(sde, 1000)
-  betas = sdes.betas_from_alphas_cumprod(alphas_cumprod)
-  sigma_table = torch.tensor(np.sqrt((1 - alphas_cumprod) / alphas_cumprod), dtype=torch.float64)
 
-  def make_eps_fn(gmm):
-    means = torch.tensor(np.asarray(gmm.means), dtype=torch.float32, device=device)
-    variances = torch.tensor(np.asarray(gmm.variances), dtype=torch.float32, device=device)
-    log_w = torch.log(torch.tensor(np.asarray(gmm.weights), dtype=torch.float32, device=device))
-
-    def sigma_of(timestep):
-      # The schedulers' own view of a (possibly fractional) timestep: sigma~ linearly interpolated
-      # in the 1000-entry table, as diffusers' Euler/Heun do; exact at integer timesteps.
-      tau = float(timestep)
-      lo = int(math.floor(tau))
-      hi = min(lo + 1, 999)
-      frac = tau - lo
-      return float((1 - frac) * sigma_table[lo] + frac * sigma_table[hi])
-
-    def eps_fn(x, timestep):
-      s_tilde = sigma_of(timestep)
-      alpha = 1.0 / math.sqrt(1.0 + s_tilde**2)
-      sigma = s_tilde * alpha
-      # The same arithmetic as analytic.GaussianMixture.score, which drives our samplers.
-      var = alpha**2 * variances + sigma**2  # (K, D)
-      inv_var = 1.0 / var
-      diff = alpha * means[None] - x[:, None, :]  # (B, K, D)
-      logp = log_w - 0.5 * ((diff**2 * inv_var).sum(-1) + torch.log(var).sum(-1))
-      resp = torch.softmax(logp, dim=-1)  # (B, K)
-      score = resp @ (alpha * means * inv_var) - x * (resp @ inv_var)
-      return -sigma * score
-
-    return eps_fn
-
-  def make_scheduler(name, steps):
-    common = dict(num_train_timesteps=1000, trained_betas=betas.tolist())
-    if name == "ddim":
-      sched = diffusers.DDIMScheduler(**common, clip_sample=False, timestep_spacing="trailing",
-                                      set_alpha_to_one=True)
-    elif name == "dpm_solver_multistep":
-      sched = diffusers.DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
-    elif name == "euler":
-      sched = diffusers.EulerDiscreteScheduler(**common)
-    elif name == "heun":
-      sched = diffusers.HeunDiscreteScheduler(**common)
-    elif name == "euler_ancestral":
-      sched = diffusers.EulerAncestralDiscreteScheduler(**common)
-    elif name == "ddpm":
-      sched = diffusers.DDPMScheduler(**common, clip_sample=False, timestep_spacing="trailing")
-    else:
-      raise ValueError(name)
-    sched.set_timesteps(steps, device=device)
-    return sched
-
-  def run_one(name, steps, eps_fn, dim, seed):
-    sched = make_scheduler(name, steps)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    x = torch.randn((args.num, dim), generator=gen, device=device) * sched.init_noise_sigma
-    nfe = 0
-    for t in sched.timesteps:
-      eps = eps_fn(sched.scale_model_input(x, t), t)
-      nfe += 1
-      kwargs = {"generator": gen} if name in ("euler_ancestral", "ddpm") else {}
-      x = sched.step(eps, t, x, **kwargs).prev_sample
-    return x, nfe
-
-  peers = ["ddim", "dpm_solver_multistep", "euler", "heun", "euler_ancestral", "ddpm"]
   sw_key = jr.key(12345)
   for dim, gmm in problems.items():
-    eps_fn = make_eps_fn(gmm)
+    eps_fn = torch_eps_fn(gmm, device)
     exact = {s: gmm.sample(jr.key(10_000 + s), args.num) for s in seeds_of(args)}
     entry = {"dim": dim, "sde": "vp", "schedulers": {}}
-    for name in peers:
+    for name in PEERS:
       rows = entry["schedulers"].setdefault(name, {})
       for nfe in args.nfes:
-        steps = (nfe + 1) // 2 if name == "heun" else nfe
+        steps = peer_steps(name, nfe)
         energy, sw, walls = [], [], []
         for s in seeds_of(args):
           t0 = time.perf_counter()
-          x, used = run_one(name, steps, eps_fn, dim, s)
-          if device == "cuda":
-            torch.cuda.synchronize()
+          x, used = run_diffusers(name, steps, eps_fn, args.num, dim, s, device)
           walls.append(time.perf_counter() - t0)
           xj = jnp.asarray(x.float().cpu().numpy())
           if not bool(jnp.all(jnp.isfinite(xj))):
