@@ -43,10 +43,10 @@ LAYOUTS = ["bkd", "kdb"]
 SCORE_CHAIN = 20
 REPLY = "@@reply "  # prefix of a worker's answer lines on stdout
 # glibc serves large allocations with fresh mmaps (above a dynamic threshold from 128 KiB) and trims
-# freed heap back to the OS, so intermediates of a few MiB are page-faulted in anew at every step.
-# Measured at batch 10,000 on 2 CPU cores, per noise prediction: torch 2.3-3.8 ms instead of
-# 0.5-0.9 ms in 16-D, XLA 1.35 ms instead of 0.68 ms in 16-D and 3.3 ms instead of 0.8 ms in 64-D,
-# and which regime a process lands in varies from run to run. Both workers get a fixed 32 MiB mmap
+# freed heap back to the OS, so a torch intermediate of a few MiB can be page-faulted in anew at every
+# op. Measured on 2 CPU cores at batch 10,000, the same script back to back: torch's 16-D noise
+# prediction took 2.3-3.8 ms with the defaults and 0.5-0.9 ms with the setting below; for XLA the
+# difference was within this machine's run-to-run noise. Both workers get a fixed 32 MiB mmap
 # threshold (glibc's maximum) and no trimming.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
