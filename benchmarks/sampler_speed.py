@@ -201,19 +201,19 @@ def measure(args, dim: int, report: dict):
   try:
     for layout in args.layouts:
       for ours_job, peer_job, nfe in jobs:
-        rounds = []
+        results = {"ours": [], "peer": []}
         for r in range(args.rounds):
           order = [(ours, ours_job), (peer, peer_job)]
           for worker, job in (order if r % 2 == 0 else order[::-1]):
-            rounds.append((worker.side, worker.request(layout=layout, job=job, nfe=nfe,
-                                                       repeats=args.repeats)))
-        o = [res["walls"] for side, res in rounds if side == "ours"]
-        p = [res["walls"] for side, res in rounds if side == "peer"]
+            results[worker.side].append(worker.request(layout=layout, job=job, nfe=nfe,
+                                                       repeats=args.repeats))
+        o = [res["walls"] for res in results["ours"]]
+        p = [res["walls"] for res in results["peer"]]
         # Each round's pair ran back to back, so its ratio of best calls sees the same machine state.
         paired = [min(pw) / min(ow) for ow, pw in zip(o, p)]
         key = f"dim{dim}/{layout}/{ours_job}" + (f"/nfe{nfe}" if nfe else "")
         report["per_config"][key] = {
-            "peer": peer_job, "nfe_ours": rounds[0][1]["nfe"] if rounds[0][0] == "ours" else rounds[1][1]["nfe"],
+            "peer": peer_job, "nfe_ours": results["ours"][0]["nfe"],
             "ours_ms": [[1e3 * w for w in ws] for ws in o], "peer_ms": [[1e3 * w for w in ws] for ws in p],
             "ours_ms_best": 1e3 * float(np.median([min(ws) for ws in o])),
             "peer_ms_best": 1e3 * float(np.median([min(ws) for ws in p])),
