@@ -52,50 +52,87 @@ def make_problem(dim: int, seed: int = 0) -> analytic.GaussianMixture:
   return analytic.GaussianMixture.create(weights, means, variances)
 
 
-def _score_rows(dm: analytic.DiffusedMixture, x: jax.Array, t: jax.Array) -> jax.Array:
-  """dm.score for a batch x of shape (B, D), computed with (K, D, B) intermediates."""
+def _mixture_terms(dm: analytic.DiffusedMixture, t: jax.Array):
+  """p_t's per-component means alpha mu_k, inverse variances and log normalisers log w_k - 1/2 log|Var|."""
   gmm, sde = dm.data, dm.sde
   alpha, sigma = sde.alpha(t), sde.sigma(t)
   var = alpha**2 * gmm.variances + sigma**2  # (K, D)
-  inv_var = 1.0 / var
-  mu = alpha * gmm.means
+  return alpha * gmm.means, 1.0 / var, jnp.log(gmm.weights) - 0.5 * jnp.sum(jnp.log(var), -1)
+
+
+def _score_rows_kdb(dm: analytic.DiffusedMixture, x: jax.Array, t: jax.Array) -> jax.Array:
+  """dm.score for a batch x of shape (B, D), computed with (K, D, B) intermediates."""
+  mu, inv_var, log_norm = _mixture_terms(dm, t)
   xt = x.T  # (D, B)
   diff = mu[:, :, None] - xt[None]  # (K, D, B)
-  logp = jnp.log(gmm.weights)[:, None] - 0.5 * (jnp.sum(diff * diff * inv_var[:, :, None], 1)
-                                                + jnp.sum(jnp.log(var), -1)[:, None])
+  logp = log_norm[:, None] - 0.5 * jnp.sum(diff * diff * inv_var[:, :, None], 1)
   resp = jax.nn.softmax(logp, axis=0)  # (K, B)
   return ((mu * inv_var).T @ resp - xt * (inv_var.T @ resp)).T
 
 
-@jax.custom_batching.custom_vmap
-def _batch_minor_score(dm, x, t):
-  return _score_rows(dm, x[None], t)[0]
+def _score_rows_gemm(dm: analytic.DiffusedMixture, x: jax.Array, t: jax.Array) -> jax.Array:
+  """dm.score for a batch x of shape (B, D) with no (B, K, D) intermediate: the quadratic form
+  expanded, sum_d (x_d - mu_d)^2 / v_d = x^2 . (1/v) - 2 x . (mu/v) + mu . (mu/v), so the
+  log-densities and the responsibility-weighted score are (B, D) x (D, K) and (B, K) x (K, D)
+  products."""
+  mu, inv_var, log_norm = _mixture_terms(dm, t)
+  mu_iv = mu * inv_var  # (K, D)
+  logp = (log_norm - 0.5 * jnp.sum(mu * mu_iv, -1)) + x @ mu_iv.T - 0.5 * ((x * x) @ inv_var.T)
+  resp = jax.nn.softmax(logp, axis=-1)  # (B, K)
+  return resp @ mu_iv - x * (resp @ inv_var)
 
 
-@_batch_minor_score.def_vmap
-def _batch_minor_score_vmap(axis_size, in_batched, dm, x, t):
-  dm_batched, x_batched, t_batched = in_batched
-  if x_batched and not t_batched and not any(jax.tree.leaves(dm_batched)):
-    return _score_rows(dm, x, t), True
-  # Anything else batched (a per-example time, a batch of mixtures): the plain per-example vmap.
-  axes = jax.tree.map(lambda b: 0 if b else None, in_batched)
-  return jax.vmap(lambda d, xx, tt: _score_rows(d, xx[None], tt)[0], in_axes=axes)(dm, x, t), True
+def _batched(rows):
+  """The per-example score whose vmap over examples (only x batched) calls ``rows`` on the batch."""
+
+  @jax.custom_batching.custom_vmap
+  def score(dm, x, t):
+    return rows(dm, x[None], t)[0]
+
+  @score.def_vmap
+  def _(axis_size, in_batched, dm, x, t):
+    dm_batched, x_batched, t_batched = in_batched
+    if x_batched and not t_batched and not any(jax.tree.leaves(dm_batched)):
+      return rows(dm, x, t), True
+    # Anything else batched (a per-example time, a batch of mixtures): the plain per-example vmap.
+    axes = jax.tree.map(lambda b: 0 if b else None, in_batched)
+    return jax.vmap(lambda d, xx, tt: rows(d, xx[None], tt)[0], in_axes=axes)(dm, x, t), True
+
+  return score
 
 
-class BatchMinorScore(flax.struct.PyTreeNode):
-  """The mixture's exact score, dm.score, evaluated batch-minor when vmapped over examples.
+# The mixture's noise prediction in three layouts, the same function up to float32 rounding, so that
+# a speed comparison can use the one each framework runs fastest: "bkd" is the library's per-example
+# score as vmap batches it, (batch, K, D) intermediates.
+LAYOUTS = ("bkd", "kdb", "gemm")
+_BATCHED = {"kdb": _batched(_score_rows_kdb), "gemm": _batched(_score_rows_gemm)}
+
+
+class BatchedScore(flax.struct.PyTreeNode):
+  """The mixture's exact score, dm.score, in another layout when vmapped over examples.
 
   vmap of the per-example score keeps (batch, K, D) intermediates, and for D = 2 their reductions
-  over axes of size 2 and 4 vectorise badly on CPU. Its vmap rule computes on (K, D, batch) arrays
-  instead, so every reduction runs along contiguous batch rows. Same values up to rounding; it has
-  no reverse-mode derivative (custom_vmap), which sampling does not need. The peer gets the same
-  form (``torch_eps_fn(layout="kdb")``).
+  over axes of size 2 and 4 vectorise badly on CPU. Its vmap rule computes on the whole batch
+  instead: ``"kdb"`` on (K, D, batch) arrays, so every reduction runs along contiguous batch rows;
+  ``"gemm"`` with the quadratic form expanded into matrix products (no (batch, K, D) array at all).
+  Same values up to rounding; no reverse-mode derivative (custom_vmap), which sampling does not
+  need. The peer gets the same forms (``torch_eps_fn(layout=...)``).
   """
 
   dm: analytic.DiffusedMixture
+  layout: str = flax.struct.field(pytree_node=False, default="kdb")
+
+  def __post_init__(self):
+    if self.layout not in _BATCHED:
+      raise ValueError(f"layout: expected one of {sorted(_BATCHED)}, got {self.layout!r}")
 
   def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    return _batch_minor_score(self.dm, x, t)
+    return _BATCHED[self.layout](self.dm, x, t)
+
+
+def score_in_layout(dm: analytic.DiffusedMixture, layout: str):
+  """dm's exact score as a ``score_fn`` computed in ``layout`` (one of LAYOUTS) under vmap."""
+  return dm if layout == "bkd" else BatchedScore(dm, layout)
 
 
 def t_min_of(sde) -> float:
@@ -279,9 +316,11 @@ def diffusers_tables():
 def torch_eps_fn(gmm: analytic.GaussianMixture, device: str, layout: str = "bkd"):
   """The mixture's exact noise prediction eps(x, timestep) in torch, for diffusers' schedulers.
 
-  The same arithmetic as ours: ``layout="bkd"`` is analytic.GaussianMixture.score as vmap runs it,
-  (batch, K, D) intermediates; ``"kdb"`` is BatchMinorScore's (K, D, batch) form."""
+  The same arithmetic as ours in each of LAYOUTS: ``"bkd"`` is analytic.GaussianMixture.score as
+  vmap runs it, (batch, K, D) intermediates; ``"kdb"`` and ``"gemm"`` are BatchedScore's forms."""
   import torch
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
   _, sigma_table = diffusers_tables()
   means = torch.tensor(np.asarray(gmm.means), dtype=torch.float32, device=device)
   variances = torch.tensor(np.asarray(gmm.variances), dtype=torch.float32, device=device)
@@ -303,15 +342,20 @@ def torch_eps_fn(gmm: analytic.GaussianMixture, device: str, layout: str = "bkd"
     var = alpha**2 * variances + sigma**2  # (K, D)
     inv_var = 1.0 / var
     mu = alpha * means
+    log_norm = log_w - 0.5 * torch.log(var).sum(-1)
     if layout == "bkd":
       diff = mu[None] - x[:, None, :]  # (B, K, D)
-      logp = log_w - 0.5 * ((diff**2 * inv_var).sum(-1) + torch.log(var).sum(-1))
+      logp = log_norm - 0.5 * (diff**2 * inv_var).sum(-1)
       resp = torch.softmax(logp, dim=-1)  # (B, K)
       return -sigma * (resp @ (mu * inv_var) - x * (resp @ inv_var))
+    if layout == "gemm":
+      mu_iv = mu * inv_var
+      logp = (log_norm - 0.5 * (mu * mu_iv).sum(-1)) + x @ mu_iv.T - 0.5 * ((x * x) @ inv_var.T)
+      resp = torch.softmax(logp, dim=-1)  # (B, K)
+      return -sigma * (resp @ mu_iv - x * (resp @ inv_var))
     xt = x.T  # (D, B)
     diff = mu[:, :, None] - xt[None]  # (K, D, B)
-    logp = log_w[:, None] - 0.5 * ((diff * diff * inv_var[:, :, None]).sum(1)
-                                   + torch.log(var).sum(-1)[:, None])
+    logp = log_norm[:, None] - 0.5 * (diff * diff * inv_var[:, :, None]).sum(1)
     resp = torch.softmax(logp, dim=0)  # (K, B)
     return (-sigma * ((mu * inv_var).T @ resp - xt * (inv_var.T @ resp))).T
 
