@@ -9,14 +9,17 @@ thread count, so neither library's thread pool competes with the other's (in one
 library's times moved by up to 2.5x). The two workers take turns: for every configuration, each
 round times a few calls on one side and then the same on the other, back to back, alternating
 which goes first; the ratio is the median over rounds of each round's peer-over-ours ratio of best
-calls, so slow drift of a shared machine cancels. Warm-up calls (our compilation, the peer's first
-call) are not timed.
+calls, so slow drift of a shared machine cancels; the rounds go round-robin over the
+configurations, so a slow spell of minutes hits one round of many configurations rather than every
+round of one. Warm-up calls (our compilation, the peer's first call) are not timed.
 
-The noise prediction is measured in two layouts, the same on both sides: ``bkd``, the library's
-per-example mixture score as vmap batches it ((batch, K, D) intermediates), and ``kdb``
-(BatchMinorScore, (K, D, batch)). The headline ratio for each problem uses the layout in which the
-peer is faster, so the choice never favours us. The noise prediction alone is timed too
-(``score_only``, a chain of dependent evaluations), to show how much of a step it is.
+The noise prediction is measured in three layouts, the same arithmetic on both sides
+(benchmarks/samplers.py LAYOUTS): ``bkd``, the library's per-example mixture score as vmap batches
+it ((batch, K, D) intermediates); ``kdb`` (BatchedScore, (K, D, batch)); ``gemm`` (BatchedScore,
+the quadratic form expanded into matrix products). The headline ratio for each problem uses the
+layout in which the peer is fastest, so the choice never favours us; the JSON also compares each
+side in its own fastest layout. The noise prediction alone is timed too (``score_only``, a chain of
+dependent evaluations), to show how much of a step it is.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import samplers as bench  # noqa: E402  benchmarks/samplers.py: problems, grids,
 
 PAIRS = [("ddim", "ddim"), ("dpm_solver_2m", "dpm_solver_multistep"), ("ancestral", "ddpm"),
          ("heun", "heun")]
-LAYOUTS = ["bkd", "kdb"]
+LAYOUTS = list(bench.LAYOUTS)
 # The noise prediction alone is timed over a chain of this many dependent evaluations (inside one
 # compiled loop for us, a Python loop for torch), so a single call's dispatch cost does not dominate.
 SCORE_CHAIN = 20
@@ -82,14 +85,15 @@ class OursSide:
     self.jax, self.jr, self.sample_batch, self.args = jax, jr, sample_batch, args
     self.sde = sdes.VPSDE()
     self.dm = analytic.DiffusedMixture(bench.make_problem(args.dim), self.sde)
-    # The two layouts must be the same function: relative 1e-4 is 100x the float32 rounding of
-    # sums over D <= 64 terms (measured 4e-7 in 64-D).
+    # The layouts must be the same function: relative 1e-4 is 100x the float32 rounding of sums
+    # over D <= 64 terms (measured 6e-7 in 64-D, either batched form against the per-example one).
     x = jr.normal(jr.key(0), (1000, args.dim)) + 1.0
     ref = jax.vmap(self.dm.score, (0, None))(x, 0.5)
-    fast = jax.vmap(bench.BatchMinorScore(self.dm), (0, None))(x, 0.5)
-    err = float(abs(fast - ref).max() / abs(ref).max())
-    if not err < 1e-4:
-      raise RuntimeError(f"BatchMinorScore differs from DiffusedMixture.score by {err:.1e} (relative)")
+    for layout in LAYOUTS:
+      fast = jax.vmap(bench.score_in_layout(self.dm, layout), (0, None))(x, 0.5)
+      err = float(abs(fast - ref).max() / abs(ref).max())
+      if not err < 1e-4:
+        raise RuntimeError(f"the {layout} layout differs from DiffusedMixture.score by {err:.1e} (relative)")
     self.x_batch = jr.normal(jr.key(1), (args.num, args.dim))
     self.chain = jax.jit(lambda f, x: jax.lax.fori_loop(
         0, SCORE_CHAIN, lambda i, x: x + 1e-6 * jax.vmap(f, (0, None))(x, 0.5), x))
@@ -97,7 +101,7 @@ class OursSide:
 
   def run(self, layout: str, job: str, nfe: int | None, repeats: int):
     jax, jr, args = self.jax, self.jr, self.args
-    score_fn = self.dm if layout == "bkd" else bench.BatchMinorScore(self.dm)
+    score_fn = bench.score_in_layout(self.dm, layout)
     if job == "score_only":
       walls = _timed(lambda: jax.block_until_ready(self.chain(score_fn, self.x_batch)), repeats)
       return [w / SCORE_CHAIN for w in walls], SCORE_CHAIN
@@ -128,10 +132,11 @@ class PeerSide:
     self.gmm = bench.make_problem(args.dim)
     x = torch.randn(1000, args.dim, device=self.device) + 1.0
     ref = bench.torch_eps_fn(self.gmm, self.device, "bkd")(x, 500)
-    err = float((bench.torch_eps_fn(self.gmm, self.device, "kdb")(x, 500) - ref).abs().max()
-                / ref.abs().max())
-    if not err < 1e-4:  # the same rounding bound as for ours
-      raise RuntimeError(f"torch_eps_fn: the kdb layout differs from bkd by {err:.1e} (relative)")
+    for layout in LAYOUTS:
+      err = float((bench.torch_eps_fn(self.gmm, self.device, layout)(x, 500) - ref).abs().max()
+                  / ref.abs().max())
+      if not err < 1e-4:  # the same rounding bound as for ours
+        raise RuntimeError(f"torch_eps_fn: the {layout} layout differs from bkd by {err:.1e} (relative)")
     self.x_batch = torch.randn(args.num, args.dim, device=self.device)
     self.sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
     self.meta = {"device": self.device, "torch": torch.__version__,
@@ -194,36 +199,44 @@ class Worker:
 
 
 def measure(args, dim: int, report: dict):
-  """Every (layout, job, NFE) of one problem: ``rounds`` back-to-back pairs of requests."""
+  """Every (layout, job, NFE) of one problem: ``rounds`` back-to-back pairs of requests.
+
+  The rounds go round-robin over the configurations (round 1 of all of them, then round 2, ...), so
+  the rounds of one configuration are minutes apart. A worker can fall into a slow state for a
+  minute or more (64-D DDIM at 10 NFE took 1.6 ms per NFE in one block of calls and 3.9 in the next,
+  the same compiled function in the same process); with the rounds of a configuration back to back,
+  all of them could land in one such spell, and the median over rounds could not reject it."""
   ours, peer = Worker(args, "ours", dim), Worker(args, "peer", dim)
   report["workers"][str(dim)] = {"ours": ours.meta, "peer": peer.meta}
   jobs = [("score_only", "score_only", None)] + [(o, p, n) for o, p in PAIRS for n in args.nfes]
+  configs = [(layout, *job) for layout in args.layouts for job in jobs]
+  results = {c: {"ours": [], "peer": []} for c in configs}
   try:
-    for layout in args.layouts:
-      for ours_job, peer_job, nfe in jobs:
-        results = {"ours": [], "peer": []}
-        for r in range(args.rounds):
-          order = [(ours, ours_job), (peer, peer_job)]
-          for worker, job in (order if r % 2 == 0 else order[::-1]):
-            results[worker.side].append(worker.request(layout=layout, job=job, nfe=nfe,
-                                                       repeats=args.repeats))
-        o = [res["walls"] for res in results["ours"]]
-        p = [res["walls"] for res in results["peer"]]
-        # Each round's pair ran back to back, so its ratio of best calls sees the same machine state.
-        paired = [min(pw) / min(ow) for ow, pw in zip(o, p)]
-        key = f"dim{dim}/{layout}/{ours_job}" + (f"/nfe{nfe}" if nfe else "")
-        report["per_config"][key] = {
-            "peer": peer_job, "nfe_ours": results["ours"][0]["nfe"],
-            "ours_ms": [[1e3 * w for w in ws] for ws in o], "peer_ms": [[1e3 * w for w in ws] for ws in p],
-            "ours_ms_best": 1e3 * float(np.median([min(ws) for ws in o])),
-            "peer_ms_best": 1e3 * float(np.median([min(ws) for ws in p])),
-            "peer_over_ours": float(np.median(paired)), "paired_ratios": paired}
-        print(f"dim={dim} {layout} {ours_job:14s} nfe={nfe} ours {report['per_config'][key]['ours_ms_best']:.3f} "
-              f"peer {report['per_config'][key]['peer_ms_best']:.3f} ms  ratio {np.median(paired):.2f} "
-              f"(rounds {min(paired):.2f}-{max(paired):.2f})", flush=True)
+    for r in range(args.rounds):
+      for c in configs:
+        layout, ours_job, peer_job, nfe = c
+        order = [(ours, ours_job), (peer, peer_job)]
+        for worker, job in (order if r % 2 == 0 else order[::-1]):
+          results[c][worker.side].append(worker.request(layout=layout, job=job, nfe=nfe,
+                                                        repeats=args.repeats))
+      print(f"dim={dim}: round {r + 1} of {args.rounds} done", flush=True)
   finally:
     ours.close()
     peer.close()
+  for (layout, ours_job, peer_job, nfe), res in results.items():
+    o = [x["walls"] for x in res["ours"]]
+    p = [x["walls"] for x in res["peer"]]
+    # Each round's pair ran back to back, so its ratio of best calls sees the same machine state.
+    paired = [min(pw) / min(ow) for ow, pw in zip(o, p)]
+    row = {"peer": peer_job, "nfe_ours": res["ours"][0]["nfe"],
+           "ours_ms": [[1e3 * w for w in ws] for ws in o], "peer_ms": [[1e3 * w for w in ws] for ws in p],
+           "ours_ms_best": 1e3 * float(np.median([min(ws) for ws in o])),
+           "peer_ms_best": 1e3 * float(np.median([min(ws) for ws in p])),
+           "peer_over_ours": float(np.median(paired)), "paired_ratios": paired}
+    report["per_config"][f"dim{dim}/{layout}/{ours_job}" + (f"/nfe{nfe}" if nfe else "")] = row
+    print(f"dim={dim} {layout:4s} {ours_job:14s} nfe={nfe} ours {row['ours_ms_best']:.3f} "
+          f"peer {row['peer_ms_best']:.3f} ms  ratio {row['peer_over_ours']:.2f} "
+          f"(rounds {min(paired):.2f}-{max(paired):.2f})", flush=True)
 
 
 def summarise(args, report):
