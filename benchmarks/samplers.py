@@ -342,14 +342,14 @@ def torch_eps_fn(gmm: analytic.GaussianMixture, device: str, layout: str = "bkd"
     var = alpha**2 * variances + sigma**2  # (K, D)
     inv_var = 1.0 / var
     mu = alpha * means
+    mu_iv = mu * inv_var
     log_norm = log_w - 0.5 * torch.log(var).sum(-1)
     if layout == "bkd":
       diff = mu[None] - x[:, None, :]  # (B, K, D)
       logp = log_norm - 0.5 * (diff**2 * inv_var).sum(-1)
       resp = torch.softmax(logp, dim=-1)  # (B, K)
-      return -sigma * (resp @ (mu * inv_var) - x * (resp @ inv_var))
+      return -sigma * (resp @ mu_iv - x * (resp @ inv_var))
     if layout == "gemm":
-      mu_iv = mu * inv_var
       logp = (log_norm - 0.5 * (mu * mu_iv).sum(-1)) + x @ mu_iv.T - 0.5 * ((x * x) @ inv_var.T)
       resp = torch.softmax(logp, dim=-1)  # (B, K)
       return -sigma * (resp @ mu_iv - x * (resp @ inv_var))
@@ -357,7 +357,7 @@ def torch_eps_fn(gmm: analytic.GaussianMixture, device: str, layout: str = "bkd"
     diff = mu[:, :, None] - xt[None]  # (K, D, B)
     logp = log_norm[:, None] - 0.5 * (diff * diff * inv_var[:, :, None]).sum(1)
     resp = torch.softmax(logp, dim=0)  # (K, B)
-    return (-sigma * ((mu * inv_var).T @ resp - xt * (inv_var.T @ resp))).T
+    return (-sigma * (mu_iv.T @ resp - xt * (inv_var.T @ resp))).T
 
   return eps_fn
 
@@ -448,6 +448,14 @@ def run_peers(args, problems, report):
 # ----------------------------------------------------------------------------------- summary ----
 
 
+def floor_band_hi(floors) -> float:
+  """Top of the two-sample floor band: the mean + 3 standard deviations of exact-vs-exact energy
+  distances. An exact sampler's distances are draws from the floor's own distribution, so the max of
+  a few floor draws would fail an exact sampler about half the time. One draw: that draw."""
+  floors = np.asarray(floors, dtype=float)
+  return float(floors.mean() + 3 * floors.std(ddof=1)) if floors.size > 1 else float(floors.max())
+
+
 def summarise(args, report):
   """Best sampler per problem and NFE, the floor band, the targets and the our-to-peer ratios."""
   summary = {"vp_10nfe_within_floor_band": {}, "vp_8nfe_within_floor_band": {},
@@ -456,10 +464,7 @@ def summarise(args, report):
   peers_by_dim = {p["dim"]: p for p in report["peers"]}
   for entry in report["ours"]:
     floor = np.array(entry["floor"]["energy"])
-    # An exact sampler's distances are draws from the floor's own distribution, so the band is
-    # the floor's mean + 3 standard deviations (the max of a few floor draws would fail an exact
-    # sampler about half the time).
-    band_hi = float(floor.mean() + 3 * floor.std(ddof=1)) if floor.size > 1 else float(floor.max())
+    band_hi = floor_band_hi(floor)
     conv = np.array(entry["converged_ode"]["energy"])
     # Sliced W1 is positive, so "times the floor" is meaningful for it (energy distance is unbiased,
     # its floor scatters around 0).
