@@ -4,6 +4,13 @@ If x0 ~ sum_k w_k N(mu_k, diag(v_k)) and x_t = alpha x0 + sigma noise, then
     x_t ~ sum_k w_k N(alpha mu_k, diag(alpha^2 v_k + sigma^2)),
 so samples, log-densities, scores, noise predictions and posterior means E[x0 | x_t] are closed form
 at every t. With the exact score, every sampler and likelihood computation has a ground truth.
+
+Labelled mixtures (class y = component y) give the exact conditional oracle: x_t | y is component y
+diffused, N(alpha mu_y, diag(alpha^2 v_y + sigma^2)), and the noisy classifier p(y | x_t) is the
+posterior responsibility of component y under p_t, so by Bayes' rule
+    grad log p(x_t | y) = grad log p(x_t) + grad log p(y | x_t).
+``ConditionalDiffusedMixture`` is a conditional score function (field ``cond``; cond = K, the null
+label, gives the unconditional score).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 
 from diffusion_jax.sde import AbstractLinearSDE
 
@@ -81,19 +89,28 @@ class GaussianMixture(flax.struct.PyTreeNode):
     # in mu/v - x/v costs about eps_float * |mu|/v absolute, far below the score's own scale 1/sqrt(v).
     return r @ (self.means * inv_var) - x * (r @ inv_var)
 
+  @property
+  def num_components(self) -> int:
+    return self.weights.shape[0]
+
   def sample(self, key: jax.Array, num: int) -> jax.Array:
     """``num`` exact draws, shape (num, D)."""
-    comp_key, noise_key = jr.split(key)
-    k = jr.choice(comp_key, self.weights.shape[0], (num,), p=self.weights)
-    noise = jr.normal(noise_key, (num, self.dim))
-    return self.means[k] + jnp.sqrt(self.variances[k]) * noise
+    return self.sample_with_components(key, num)[0]
 
   def sample_with_components(self, key: jax.Array, num: int) -> tuple[jax.Array, jax.Array]:
-    """Draws together with the index of the component each came from."""
+    """``num`` exact draws (num, D) with the index of the component each came from (num,) int32."""
     comp_key, noise_key = jr.split(key)
-    k = jr.choice(comp_key, self.weights.shape[0], (num,), p=self.weights)
+    k = jr.choice(comp_key, self.num_components, (num,), p=self.weights)
     noise = jr.normal(noise_key, (num, self.dim))
-    return self.means[k] + jnp.sqrt(self.variances[k]) * noise, k
+    return self.means[k] + jnp.sqrt(self.variances[k]) * noise, k.astype(jnp.int32)
+
+  def conditioned(self, cond: jax.Array) -> "GaussianMixture":
+    """The law given class cond: component cond alone (weight one-hot), or the whole mixture for
+    the null label cond = K. Works for a traced cond (the weights are masked, not sliced)."""
+    cond = jnp.asarray(cond)
+    one_hot = jax.nn.one_hot(cond, self.num_components, dtype=self.weights.dtype)
+    weights = jnp.where(cond == self.num_components, self.weights, one_hot)
+    return GaussianMixture(weights, self.means, self.variances)
 
 
 class DiffusedMixture(flax.struct.PyTreeNode):
@@ -128,18 +145,100 @@ class DiffusedMixture(flax.struct.PyTreeNode):
     """``num`` exact draws of x_t."""
     return self.marginal(t).sample(key, num)
 
+  def class_log_probs(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """The exact noisy classifier log p(y | x_t = x) for every class y (K,): the log posterior
+    responsibilities of p_t's components (Dhariwal & Nichol 2021 train a network for this)."""
+    return jax.nn.log_softmax(self.marginal(t).component_log_probs(x))
+
+  def classifier_grad(self, x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
+    """grad_x log p(y | x_t = x) = g_y(x) - sum_k p(k | x) g_k(x), g_k = (alpha mu_k - x)/var_k the
+    score of component k of p_t (classifier guidance's gradient; Song et al. 2021, eq. 48)."""
+    p_t = self.marginal(t)
+    r = p_t.responsibilities(x)
+    inv_var = 1.0 / p_t.variances
+    g_y = (p_t.means[y] - x) * inv_var[y]
+    return g_y - (r @ (p_t.means * inv_var) - x * (r @ inv_var))
+
+
+class ConditionalDiffusedMixture(flax.struct.PyTreeNode):
+  """The exact conditional score grad_x log p_t(x | y) of a labelled mixture (class y = component y).
+
+  A conditional score function: ``score_fn.replace(cond=y)`` binds a class; cond = K (the null
+  label, ``mixture.num_components``) gives the unconditional mixture score. x_t | y ~
+  N(alpha mu_y, diag(alpha^2 v_y + sigma^2)), component y diffused through the linear SDE.
+  """
+
+  mixture: GaussianMixture
+  sde: AbstractLinearSDE = flax.struct.field(pytree_node=False)
+  cond: jax.Array = None  # int32 class index, or K for "unconditional"; None means K
+
+  def _cond(self) -> jax.Array:
+    k = self.mixture.num_components
+    return jnp.asarray(k if self.cond is None else self.cond, jnp.int32)
+
+  def marginal(self, t: jax.Array) -> GaussianMixture:
+    """p_t(. | y): component y diffused (or the whole diffused mixture for y = K)."""
+    return self.mixture.conditioned(self._cond()).perturbed(self.sde.alpha(t), self.sde.sigma(t))
+
+  def log_prob(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """log p_t(x | y)."""
+    return self.marginal(t).log_prob(x)
+
+  def score(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """grad_x log p_t(x | y): a ``score_fn(x, t)``."""
+    return self.marginal(t).score(x)
+
+  __call__ = score
+
+  def eps(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """E[noise | x_t = x, y] = -sigma(t) score."""
+    return -self.sde.sigma(t) * self.score(x, t)
+
+  def denoised(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """E[x0 | x_t = x, y] = (x + sigma^2 score) / alpha (Tweedie's formula, given y)."""
+    alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+    return (x + sigma**2 * self.score(x, t)) / alpha
+
+  def sample(self, key: jax.Array, t: jax.Array, num: int) -> jax.Array:
+    """``num`` exact draws of x_t | y."""
+    return self.marginal(t).sample(key, num)
+
 
 def random_mixture(key: jax.Array, dim: int, *, num_components: int = 4,
-                   min_variance: float = 0.01, max_variance: float = 0.1) -> GaussianMixture:
-  """A test problem: standard-normal means, per-dimension variances log-uniform in
-  [min_variance, max_variance], weights uniform in [0.5, 1.5] before normalisation: well-separated
-  modes at several scales in any dimension."""
+                   min_variance: float = 0.01, max_variance: float = 0.1, mean_scale: float = 1.0,
+                   mean_offset: float = 0.0, min_weight: float = 0.5,
+                   max_weight: float = 1.5) -> GaussianMixture:
+  """THE test-problem factory: a random K-component mixture in any dimension, labelled by component.
+
+  mu_k ~ mean_offset + mean_scale N(0, I); per-axis variances v_kd log-uniform in [min_variance,
+  max_variance], so each component is anisotropic (axis-aligned; its axes' spreads differ by up to
+  max_variance/min_variance); weights uniform in [min_weight, max_weight] before normalisation.
+  The defaults give well-separated modes at several scales. For K unequal, overlapping classes
+  (a labelled problem whose classes a classifier cannot separate perfectly) bring the means
+  closer than the spreads, e.g. mean_scale=1, min_variance=0.1, max_variance=0.5, and unequal
+  weights, e.g. min_weight=0.2, max_weight=1.0.
+  """
+  _check_positive_int("dim", dim)
+  _check_positive_int("num_components", num_components)
+  if not 0 < min_variance <= max_variance:
+    raise ValueError(f"need 0 < min_variance <= max_variance, got {min_variance!r} and "
+                     f"{max_variance!r}.")
+  if not 0 <= min_weight <= max_weight or not max_weight > 0:
+    raise ValueError(f"need 0 <= min_weight <= max_weight with max_weight > 0, got {min_weight!r} "
+                     f"and {max_weight!r}.")
+  if not mean_scale >= 0:
+    raise ValueError(f"mean_scale must be >= 0, got {mean_scale!r}.")
   mean_key, var_key, weight_key = jr.split(key, 3)
-  means = jr.normal(mean_key, (num_components, dim))
+  means = mean_offset + mean_scale * jr.normal(mean_key, (num_components, dim))
   variances = jnp.exp(jr.uniform(var_key, (num_components, dim), minval=math.log(min_variance),
                                  maxval=math.log(max_variance)))
-  weights = jr.uniform(weight_key, (num_components,), minval=0.5, maxval=1.5)
+  weights = jr.uniform(weight_key, (num_components,), minval=min_weight, maxval=max_weight)
   return GaussianMixture.create(weights, means, variances)
+
+
+def _check_positive_int(name: str, value) -> None:
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+    raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
 
 
 def eight_gaussians(radius: float = 2.0, std: float = 0.1) -> GaussianMixture:

@@ -1,6 +1,8 @@
-"""Flax linen networks. All are batched: ``apply(params, x, t[, label])`` with a leading batch axis."""
+"""Flax linen networks, batched: ``model_fn(params, x, t, cond, *, key, train)`` with a leading batch axis."""
 
 from diffusion_jax.nets.embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from diffusion_jax.nets.mlp import ScoreMLP
+from diffusion_jax.nets.model_fn import ModelFn, ModuleModelFn, as_model_fn
 
-__all__ = ["GaussianFourierEmbedding", "ScoreMLP", "SinusoidalEmbedding"]
+__all__ = ["GaussianFourierEmbedding", "ModelFn", "ModuleModelFn", "ScoreMLP",
+           "SinusoidalEmbedding", "as_model_fn"]
