@@ -1,4 +1,5 @@
-"""Networks: time embeddings against their formulas, the MLP's batch-boundary contract and errors."""
+"""Networks: time embeddings against their formulas, the model_fn contract (conditions, dropout key
+and train flag), the MLP's batch boundary and errors."""
 
 import math
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax import sdes
-from diffusion_jax.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding
+from diffusion_jax.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding, as_model_fn
 from diffusion_jax.parameterization import NetworkScore, Prediction
 
 TS = jnp.array([0.0, 1e-3, 0.25, 0.5, 1.0])
@@ -64,17 +65,22 @@ def test_embedding_rejects_unbatched_time():
     SinusoidalEmbedding(8).apply({}, jnp.zeros((2, 3)))
 
 
-def _init(model, dim=2, with_label=False):
+def _init(model, dim=2, cond=None):
   x, t = jnp.zeros((1, dim)), jnp.ones((1,))
-  label = jnp.zeros((1,), jnp.int32) if with_label else None
-  return jax.jit(model.init)(jr.key(0), x, t, label)
+  return jax.jit(model.init)(jr.key(0), x, t, cond)
 
 
 @pytest.fixture(scope="module")
 def conditional():
   model = ScoreMLP(hidden_sizes=(32, 32), embed_dim=16, num_classes=3,
                    time_embedding=SinusoidalEmbedding(16))
-  return model, _init(model, 3, with_label=True)
+  return model, _init(model, 3, jnp.zeros((1,), jnp.int32))
+
+
+@pytest.fixture(scope="module")
+def embedded():
+  model = ScoreMLP(hidden_sizes=(32,), embed_dim=16, cond_dim=5)
+  return model, _init(model, 3, jnp.zeros((1, 5)))
 
 
 def test_vmap_of_network_score_equals_batched_apply():
@@ -84,10 +90,10 @@ def test_vmap_of_network_score_equals_batched_apply():
   sde = sdes.VPSDE()
   x = jr.normal(jr.key(1), (16, 2))
   t = jr.uniform(jr.key(2), (16,), minval=0.01, maxval=1.0)
-  score_fn = NetworkScore(model.apply, params, sde, Prediction.EPS)
+  score_fn = NetworkScore(as_model_fn(model), params, sde, Prediction.EPS)
   per_example = jax.jit(jax.vmap(score_fn.raw))(x, t)
   batched = jax.jit(model.apply)(params, x, t)
-  # Same arithmetic, batched differently: only float32 summation order may differ.
+  # Same network on the same rows; only float32 summation order may differ.
   np.testing.assert_allclose(per_example, batched, rtol=1e-5, atol=1e-6)
   # And the score reading is -eps / sigma(t).
   np.testing.assert_allclose(jax.jit(jax.vmap(score_fn))(x, t), -batched / sde.sigma(t)[:, None],
@@ -99,10 +105,29 @@ def test_vmap_with_labels_equals_batched_apply(conditional):
   x = jr.normal(jr.key(1), (6, 3))
   t = jnp.linspace(0.1, 1.0, 6)
   labels = jnp.array([0, 1, 2, 3, 0, 1])  # 3 is the null label
-  per_example = jax.jit(jax.vmap(lambda x, t, y: NetworkScore(
-      model.apply, params, sdes.VPSDE(), label=y).raw(x, t)))(x, t, labels)
+  score_fn = NetworkScore(as_model_fn(model), params, sdes.VPSDE())
+  per_example = jax.jit(jax.vmap(lambda x, t, y: score_fn.replace(cond=y).raw(x, t)))(x, t, labels)
   batched = jax.jit(model.apply)(params, x, t, labels)
-  np.testing.assert_allclose(per_example, batched, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(per_example, batched, rtol=1e-5, atol=1e-6)  # float32 summation order
+
+
+def test_vmap_with_embeddings_equals_batched_apply(embedded):
+  model, params = embedded
+  x, t = jr.normal(jr.key(1), (6, 3)), jnp.linspace(0.1, 1.0, 6)
+  cond = jr.normal(jr.key(2), (6, 5))
+  score_fn = NetworkScore(as_model_fn(model), params, sdes.VESDE())
+  per_example = jax.jit(jax.vmap(lambda x, t, c: score_fn.replace(cond=c).raw(x, t)))(x, t, cond)
+  batched = jax.jit(model.apply)(params, x, t, cond)
+  np.testing.assert_allclose(per_example, batched, rtol=1e-5, atol=1e-6)  # float32 summation order
+  # The embedding reaches the output: another condition, another prediction, row by row.
+  other = jax.jit(model.apply)(params, x, t, cond + 1.0)
+  assert np.all(np.max(np.abs(np.asarray(other - batched)), axis=1) > 1e-4)
+
+
+def test_cond_dim_is_inferred_at_init():
+  model = ScoreMLP(hidden_sizes=(8,), embed_dim=8)
+  params = _init(model, 2, jnp.zeros((1, 4)))
+  assert params["params"]["cond_projection"]["kernel"].shape == (4, 8)
 
 
 def test_label_none_is_the_null_label_and_labels_matter(conditional):
@@ -116,6 +141,51 @@ def test_label_none_is_the_null_label_and_labels_matter(conditional):
   assert float(jnp.max(jnp.abs(out0 - out1))) > 1e-4  # the embedding rows differ at init
 
 
+DROPOUT = ScoreMLP(hidden_sizes=(64, 64), embed_dim=8, dropout_rate=0.5)
+
+
+def test_dropout_acts_only_in_training_with_a_key():
+  params = _init(DROPOUT)
+  model_fn = jax.jit(as_model_fn(DROPOUT), static_argnames="train")
+  x, t = jr.normal(jr.key(1), (8, 2)), jnp.full((8,), 0.4)
+  plain = model_fn(params, x, t, None)
+  # No dropout without train=True, nor without a key (key=None means no dropout).
+  np.testing.assert_array_equal(model_fn(params, x, t, None, key=jr.key(5), train=False), plain)
+  np.testing.assert_array_equal(model_fn(params, x, t, None, train=True), plain)
+  a = model_fn(params, x, t, None, key=jr.key(5), train=True)
+  np.testing.assert_array_equal(model_fn(params, x, t, None, key=jr.key(5), train=True), a)
+  b = model_fn(params, x, t, None, key=jr.key(6), train=True)
+  # Rate 0.5 over 64 units: every row sees a different mask, so each row's output moves.
+  assert np.all(np.max(np.abs(np.asarray(a - plain)), axis=1) > 1e-4)
+  assert np.all(np.max(np.abs(np.asarray(a - b)), axis=1) > 1e-4)
+
+
+def test_dropout_keeps_the_expected_activation():
+  """Inverted dropout: each unit is zeroed with probability p and scaled by 1/(1-p), so a
+  network whose last hidden layer feeds a linear read-out keeps its mean over masks."""
+  # With a single hidden layer the output is linear in the mask: its mean over masks is the
+  # deterministic output.
+  single = ScoreMLP(hidden_sizes=(64,), embed_dim=8, dropout_rate=0.5)
+  p1 = _init(single)
+  fn1 = jax.jit(as_model_fn(single), static_argnames="train")
+  x, t = jnp.ones((1, 2)), jnp.full((1,), 0.4)
+  keys = jr.split(jr.key(9), 4000)
+  outs = jax.vmap(lambda k: fn1(p1, x, t, None, key=k, train=True)[0])(keys)
+  plain = fn1(p1, x, t, None)[0]
+  # Monte-Carlo mean over 4000 masks: 5 standard errors of the per-output spread.
+  se = np.asarray(jnp.std(outs, 0)) / np.sqrt(4000)
+  assert np.all(np.abs(np.asarray(jnp.mean(outs, 0) - plain)) < 5 * se)
+  assert np.all(se > 0)  # the masks did vary the output
+
+
+def test_as_model_fn_adapters_of_equal_modules_are_equal():
+  # Static structure of NetworkScore: equal adapters mean no recompilation for a rebuilt one.
+  assert as_model_fn(ScoreMLP(hidden_sizes=(8,))) == as_model_fn(ScoreMLP(hidden_sizes=(8,)))
+  assert hash(as_model_fn(ScoreMLP(hidden_sizes=(8,)))) == hash(as_model_fn(ScoreMLP(hidden_sizes=(8,))))
+  with pytest.raises(TypeError, match="module must be a flax.linen Module"):
+    as_model_fn(lambda params, x, t: x)
+
+
 def test_output_depends_on_time():
   model = ScoreMLP(hidden_sizes=(16,), embed_dim=8)
   params = _init(model)
@@ -127,7 +197,7 @@ def test_output_depends_on_time():
   assert not np.allclose(a[1], b[1])
 
 
-def test_network_errors(conditional):
+def test_network_errors(conditional, embedded):
   model = ScoreMLP(hidden_sizes=(8,), embed_dim=8)
   params = _init(model)
   with pytest.raises(ValueError, match=r"x must have shape \(B, D\)"):
@@ -137,9 +207,22 @@ def test_network_errors(conditional):
   with pytest.raises(ValueError, match="num_classes=None"):
     model.apply(params, jnp.zeros((2, 2)), jnp.zeros((2,)), jnp.zeros((2,), jnp.int32))
   cmodel, cparams = conditional
-  with pytest.raises(ValueError, match="label must be integers"):
+  with pytest.raises(ValueError, match=r"cond must be integer labels of shape \(2,\)"):
     cmodel.apply(cparams, jnp.zeros((2, 3)), jnp.zeros((2,)), jnp.zeros((3,), jnp.int32))
-  with pytest.raises(ValueError, match="label must be integers"):
+  with pytest.raises(ValueError, match="cond must be integer labels"):
     cmodel.apply(cparams, jnp.zeros((2, 3)), jnp.zeros((2,)), jnp.zeros((2,)))
+  with pytest.raises(ValueError, match=r"cond labels must lie in 0..3"):
+    cmodel.apply(cparams, jnp.zeros((2, 3)), jnp.zeros((2,)), jnp.array([0, 4]))
+  emodel, eparams = embedded
+  with pytest.raises(ValueError, match=r"cond must be a float array of shape \(2, 5\)"):
+    emodel.apply(eparams, jnp.zeros((2, 3)), jnp.zeros((2,)), jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match="got None"):
+    emodel.apply(eparams, jnp.zeros((2, 3)), jnp.zeros((2,)))
   with pytest.raises(ValueError, match="hidden_sizes"):
     _init(ScoreMLP(hidden_sizes=()))
+  with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
+    _init(ScoreMLP(hidden_sizes=(8,), num_classes=0))
+  with pytest.raises(ValueError, match="not both"):
+    _init(ScoreMLP(hidden_sizes=(8,), num_classes=2, cond_dim=3))
+  with pytest.raises(ValueError, match=r"dropout_rate must lie in \[0, 1\)"):
+    _init(ScoreMLP(hidden_sizes=(8,), dropout_rate=1.0))
