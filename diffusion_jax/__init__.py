@@ -3,15 +3,18 @@
 The public API, re-exported explicitly; each module's docstring explains its part.
 """
 
-from diffusion_jax import (analytic, data, likelihood, losses, metrics, nets, ode, parameterization,
-                           samplers, sampling, schedules, sde, sdes, train)
-from diffusion_jax.analytic import DiffusedMixture, GaussianMixture
+from diffusion_jax import (analytic, conditions, data, likelihood, losses, metrics, nets, ode,
+                           parameterization, samplers, sampling, schedules, sde, sdes, train)
+from diffusion_jax.analytic import (ConditionalDiffusedMixture, DiffusedMixture, GaussianMixture,
+                                    random_mixture)
+from diffusion_jax.conditions import drop_condition, null_label, with_condition_dropout
 from diffusion_jax.likelihood import (ExactDivergence, Hutchinson, InSigma, InTime, Probe,
                                       bits_per_dim, ddpm_elbo, decode, encode, log_likelihood,
                                       round_trip)
-from diffusion_jax.losses import LossOutput, Weighting, dsm_loss, dsm_loss_at, ncsn_loss
-from diffusion_jax.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding
-from diffusion_jax.parameterization import NetworkScore, Prediction, convert
+from diffusion_jax.losses import (EDMLossOutput, LossOutput, Weighting, dsm_loss, dsm_loss_at,
+                                  edm_loss, make_edm_loss_fn, ncsn_loss)
+from diffusion_jax.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding, as_model_fn
+from diffusion_jax.parameterization import EDMPrecond, NetworkScore, Prediction, convert
 from diffusion_jax.samplers import (DDIM, IPNDM, AbstractSampler, AdaptiveODE, Ancestral,
                                     AnnealedLangevin, Chain, DPMSolverPP, EDMStochastic, Euler,
                                     EulerMaruyama, Heun, Langevin, PredictorCorrector,

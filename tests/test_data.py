@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def named(request):
 def test_deterministic_given_key_and_shapes(named):
   _, dataset, sample_fn = named
   x = np.asarray(sample_fn(jr.key(0), N))
-  assert x.shape == (N, 2) and dataset.dim == 2 and np.all(np.isfinite(x))
+  assert x.shape == (N, 2) and dataset.shape == (2,) and np.all(np.isfinite(x))
   np.testing.assert_array_equal(x, sample_fn(jr.key(0), N))  # bitwise: same program, same key
   # Eager and jitted code may fuse differently: equal up to float32 rounding.
   np.testing.assert_allclose(x, dataset.sample(jr.key(0), N), rtol=1e-6, atol=1e-6)
@@ -116,7 +117,56 @@ def test_gaussian_mixture_moments_match_the_analytic_ones():
 
 def test_bad_requests():
   dataset = DATASETS["checkerboard"]
-  with pytest.raises(ValueError, match="num"):
+  with pytest.raises(ValueError, match="num must be an int >= 1"):
     dataset.sample(jr.key(0), 0)
+  with pytest.raises(ValueError, match="num must be an int >= 1"):
+    dataset.sample(jr.key(0), 4.0)
   with pytest.raises(ValueError, match="start < stop <= batch_size"):
     dataset.batch(jr.key(0), 0, 8, start=4, stop=12)
+  with pytest.raises(ValueError, match="batch_size, start and stop must be ints"):
+    dataset.batch(jr.key(0), 0, 8.0)
+  with pytest.raises(ValueError, match="shape must be a tuple of ints >= 1"):
+    data.ToyDataset(lambda key: jnp.zeros(2), (2, 0))
+  with pytest.raises(TypeError, match="mixture must be an analytic.GaussianMixture"):
+    data.labelled_mixture(DATASETS["checkerboard"])
+  assert data.ToyDataset(lambda key: jnp.zeros(3), 3).shape == (3,)  # an int n is (n,)
+
+
+# --- the labelled mixture ------------------------------------------------------------------------
+
+LABELLED_MIX = analytic.GaussianMixture.create(
+    [0.5, 0.3, 0.2], [[-1.0, 0.0], [1.0, 0.5], [0.0, -1.0]], [[0.3, 0.1], [0.1, 0.4], [0.2, 0.2]])
+LABELLED = data.labelled_mixture(LABELLED_MIX)
+
+
+def test_labelled_batches_carry_the_component_as_label():
+  batch = jax.jit(LABELLED.batch, static_argnames=("batch_size",))(jr.key(4), 3, batch_size=30_000)
+  x, y = np.asarray(batch["x0"], np.float64), np.asarray(batch["label"])
+  assert batch["label"].dtype == jnp.int32 and LABELLED.num_classes == 3 and LABELLED.shape == (2,)
+  # Class frequencies are the weights: Binomial SE <= sqrt(0.25 / 30000) = 0.003; 5 SE.
+  np.testing.assert_allclose(np.bincount(y, minlength=3) / len(y), LABELLED_MIX.weights, atol=0.015)
+  for k in range(3):
+    xk = x[y == k]
+    mean, var = np.asarray(LABELLED_MIX.means[k]), np.asarray(LABELLED_MIX.variances[k])
+    # x0 | label = k is component k: 5 standard errors for the mean and for the variance.
+    assert np.all(np.abs(xk.mean(0) - mean) < 5 * np.sqrt(var / len(xk)))
+    assert np.all(np.abs(xk.var(0) - var) < 5 * var * np.sqrt(2 / len(xk)))
+
+
+def test_labelled_batch_is_a_pure_function_of_key_step_and_rows():
+  batch_fn = jax.jit(LABELLED.batch, static_argnames=("batch_size", "start", "stop"))
+  whole = batch_fn(jr.key(3), 5, batch_size=16)
+  parts = [batch_fn(jr.key(3), 5, batch_size=16, start=a, stop=b) for a, b in [(0, 7), (7, 16)]]
+  for name in ("x0", "label"):
+    np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]), whole[name])  # bitwise
+  # sample() draws the x0 of example() for the same key, without the label.
+  keys = jr.split(jr.key(6), 8)
+  np.testing.assert_array_equal(jax.vmap(LABELLED.sample_fn)(keys), jax.vmap(LABELLED.example)(keys)["x0"])
+
+
+def test_sample_class_draws_one_component():
+  x = np.asarray(LABELLED.sample_class(jr.key(7), 1, 20_000), np.float64)
+  mean, var = np.asarray(LABELLED_MIX.means[1]), np.asarray(LABELLED_MIX.variances[1])
+  assert np.all(np.abs(x.mean(0) - mean) < 5 * np.sqrt(var / len(x)))  # 5 standard errors
+  with pytest.raises(ValueError, match=r"label must lie in 0..2"):
+    LABELLED.sample_class(jr.key(7), 3, 10)
