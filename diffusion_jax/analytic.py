@@ -260,3 +260,12 @@ def eight_gaussians(radius: float = 2.0, std: float = 0.1) -> GaussianMixture:
   angles = jnp.arange(8) * (2 * math.pi / 8)
   means = radius * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1)
   return GaussianMixture.create(jnp.ones(8), means, std**2)
+
+
+def benchmark_mixture(dim: int) -> GaussianMixture:
+  """The standard problem of a given dimension, shared by the likelihood tests, benchmarks and
+  figures: ``eight_gaussians()`` in 2-D, ``random_mixture(key(dim), dim)`` otherwise."""
+  _check_positive_int("dim", dim)
+  if dim == 2:
+    return eight_gaussians()
+  return random_mixture(jr.key(dim), dim)

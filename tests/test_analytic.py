@@ -240,3 +240,12 @@ def test_random_mixture_errors():
     analytic.random_mixture(jr.key(0), 2, min_variance=0.5, max_variance=0.1)
   with pytest.raises(ValueError, match="anisotropy must be >= 1"):
     analytic.random_mixture(jr.key(0), 2, anisotropy=0.5)
+
+
+def test_benchmark_mixture_is_the_shared_problem():
+  np.testing.assert_array_equal(analytic.benchmark_mixture(2).means, analytic.eight_gaussians().means)
+  for dim in (1, 16):
+    gmm = analytic.benchmark_mixture(dim)
+    ref = analytic.random_mixture(jr.key(dim), dim)
+    jax.tree.map(np.testing.assert_array_equal, gmm, ref)
+    assert gmm.means.shape == (4, dim)
