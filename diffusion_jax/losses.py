@@ -54,7 +54,7 @@ class EDMLossOutput(flax.struct.PyTreeNode):
 
   loss: jax.Array  # lambda(sigma~) ||D - x0||^2, minimised
   t: jax.Array  # the diffusion time of the drawn noise level
-  sigma: jax.Array  # EDM's noise level sigma~ = sigma(t) / alpha(t) at that time
+  edm_sigma: jax.Array  # EDM's noise level sigma~ = sigma(t) / alpha(t) at that time (not sde.sigma)
   x0_mse: jax.Array  # unweighted mean squared error of the x0 prediction (a diagnostic)
 
 
@@ -151,7 +151,7 @@ def edm_loss_at(model_fn: ModelFn, params, x0: jax.Array, cond: Any, t: jax.Arra
   denoised = apply_to_example(model_fn, params, x_t, t, cond, key=key, train=train)
   sq = jnp.sum((denoised - x0) ** 2)
   s = sigma / alpha
-  return EDMLossOutput(loss=edm_weight(s, sigma_data) * sq, t=t, sigma=s, x0_mse=sq / x0.size)
+  return EDMLossOutput(loss=edm_weight(s, sigma_data) * sq, t=t, edm_sigma=s, x0_mse=sq / x0.size)
 
 
 def edm_time(sde: AbstractLinearSDE, key: jax.Array, *, p_mean: float, p_std: float,

@@ -105,3 +105,23 @@ def test_errors():
   wrapped = conditions.with_condition_dropout(recording_loss, 0.1, NULL["label"], "label")
   with pytest.raises(ValueError, match="cond_key='label' is not an entry"):
     wrapped(None, None, {"x0": jnp.ones(2)}, jr.key(0))
+
+
+def test_around_the_dsm_loss_of_a_class_conditional_network():
+  """End to end: with p = 1 the wrapped DSM loss is the DSM loss of the null-labelled example on
+  the first half of the key; with p = 0, of the labelled one."""
+  from diffusion_jax import losses, sdes
+  from diffusion_jax.nets import ScoreMLP, as_model_fn
+  net = ScoreMLP(hidden_sizes=(16,), embed_dim=8, num_classes=3)
+  params = jax.jit(net.init)(jr.key(0), jnp.zeros((1, 2)), jnp.ones((1,)), jnp.zeros((1,), jnp.int32))
+  dsm = losses.make_dsm_loss_fn(as_model_fn(net), sdes.VPSDE(), cond_key="label")
+  example, key = {"x0": jnp.array([0.3, -0.4]), "label": jnp.int32(1)}, jr.key(4)
+  loss_key = jr.split(key)[0]
+  for p, label in ((1.0, 3), (0.0, 1)):
+    wrapped = conditions.with_condition_dropout(dsm, p, conditions.null_label(3), "label")
+    got = jax.jit(wrapped)(params, None, example, key)
+    want = jax.jit(dsm)(params, None, {**example, "label": jnp.int32(label)}, loss_key)
+    np.testing.assert_array_equal(got.loss, want.loss)  # bitwise: same program up to the where
+  # The label matters, so the comparison above can fail.
+  other = jax.jit(dsm)(params, None, {**example, "label": jnp.int32(0)}, loss_key)
+  assert float(other.loss) != float(got.loss)

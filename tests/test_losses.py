@@ -287,7 +287,7 @@ def test_edm_loss_matches_a_slow_reference():
     want = (s**2 + sd**2) / (s * sd) ** 2 * np.sum((denoised - np.asarray(x0[n])) ** 2)
     # float32 bisection for t (the weight's s moves with t), noising and oracle vs float64.
     np.testing.assert_allclose(out.t[n], t, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(out.sigma[n], s, rtol=1e-3)
+    np.testing.assert_allclose(out.edm_sigma[n], s, rtol=1e-3)
     np.testing.assert_allclose(out.loss[n], want, rtol=2e-3)
 
 
@@ -297,7 +297,7 @@ def test_edm_noise_levels_are_log_normal():
   f = jax.jit(jax.vmap(lambda k: losses.edm_loss(model_fn, None, jnp.zeros(2), None, k, sde=sde,
                                                  p_mean=-1.2, p_std=1.2)))
   n = 20_000
-  log_sigma = np.log(np.asarray(f(jr.split(jr.key(22), n)).sigma, np.float64))
+  log_sigma = np.log(np.asarray(f(jr.split(jr.key(22), n)).edm_sigma, np.float64))
   # Mean: 5 standard errors 5 * 1.2 / sqrt(n) = 0.042; std: SE of a std ~ 1.2 / sqrt(2n) = 0.006, x5.
   assert abs(log_sigma.mean() + 1.2) < 0.042
   assert abs(log_sigma.std() - 1.2) < 0.03
