@@ -4,7 +4,8 @@ The public API, re-exported explicitly; each module's docstring explains its par
 """
 
 from diffusion_jax import (analytic, conditions, data, likelihood, losses, metrics, nets, ode,
-                           parameterization, samplers, sampling, schedules, sde, sdes, train)
+                           parameterization, samplers, sampling, schedules, sde, sdes, simulate,
+                           train)
 from diffusion_jax.analytic import (ConditionalDiffusedMixture, DiffusedMixture, GaussianMixture,
                                     random_mixture)
 from diffusion_jax.conditions import drop_condition, null_label, with_condition_dropout
@@ -17,10 +18,11 @@ from diffusion_jax.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmb
 from diffusion_jax.parameterization import EDMPrecond, NetworkScore, Prediction, convert
 from diffusion_jax.samplers import (DDIM, IPNDM, AbstractSampler, AdaptiveODE, Ancestral,
                                     AnnealedLangevin, Chain, DPMSolverPP, EDMStochastic, Euler,
-                                    EulerMaruyama, Heun, Langevin, PredictorCorrector,
+                                    EulerMaruyama, Heun, Inpaint, Langevin, PredictorCorrector,
                                     ReverseDiffusion, UniPC)
 from diffusion_jax.sampling import (SampleOutput, example_keys, sample, sample_batch,
-                                    sample_from_prior)
+                                    sample_examples, sample_from_prior)
+from diffusion_jax.simulate import simulate_forward
 from diffusion_jax.sde import AbstractLinearSDE, AbstractSDE, ProbabilityFlowODE, ReverseSDE
 from diffusion_jax.sdes import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 from diffusion_jax.train import (TrainState, ema_update, make_dsm_loss_fn, make_optimizer,

@@ -1,9 +1,11 @@
 """Every sampler against the exact Gaussian-mixture score of ``analytic.DiffusedMixture``.
 
-Recovery at high NFE (two-sample distance at the floor, mixture weights, moments), convergence
-order of the deterministic solvers, path-wise agreement with a tight adaptive solve, the
-Langevin-vs-annealed-Langevin weights of Song & Ermon 2019, finiteness on 5-step grids, exact
-identities between samplers, and the NFE each one reports.
+Recovery at high NFE on every SDE of the harness (two-sample distance at the floor, mixture
+weights, moments), the fitted convergence order of every deterministic sampler in float64, coarse
+grids that must still move the noise towards the data, the Langevin step rules (the annealed cap
+against the closed form of the discretised chain, the per-example corrector rule), the
+Langevin-vs-annealed-Langevin weights of Song & Ermon 2019, exact identities between samplers,
+and the NFE each one reports. The SDE and sampler lists are ``harness.py``'s.
 """
 
 import jax
@@ -12,32 +14,21 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+import harness as H
 from diffusion_jax import analytic, metrics, schedules, sdes
 from diffusion_jax import samplers as S
+from diffusion_jax.samplers.annealed_langevin import annealed_step_size
 from diffusion_jax.sampling import sample, sample_batch
 
-# Non-centred, unequal weights, anisotropic components.
-GMM = analytic.GaussianMixture.create([0.3, 0.7], [[-2.0, 1.0], [1.5, -0.5]], [[0.3, 0.1], [0.2, 0.5]])
+GMM = H.GMM_2D
 VP, SUBVP, VE = sdes.VPSDE(), sdes.SubVPSDE(), sdes.VESDE()
 NUM = 2000
+grid, t_min_of = H.grid, H.t_min_of
 
 
 def assert_within(actual, expected, tol):
   actual, expected = np.asarray(actual), np.asarray(expected)
   assert np.all(np.abs(actual - expected) <= tol), (actual, expected, tol)
-
-
-def t_min_of(sde):
-  return 0.0 if isinstance(sde, sdes.VESDE) else 1e-3
-
-
-def grid(sde, kind, n):
-  t_min = t_min_of(sde)
-  if kind == "t":
-    return schedules.uniform_time(sde, n, t_min)
-  if kind == "lambda":
-    return schedules.uniform_log_snr(sde, n, t_min)
-  return jnp.array([sde.T, t_min])
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +40,15 @@ def reference():
   return data, nulls
 
 
-# (name, sampler, grid kind, steps): a high-NFE setting for each sampler.
-HIGH_NFE = [
-    ("euler_maruyama", S.EulerMaruyama(), "t", 500),
-    ("reverse_diffusion", S.ReverseDiffusion(), "t", 500),
-    ("ancestral", S.Ancestral(), "t", 500),
-    ("pc", S.PredictorCorrector(S.ReverseDiffusion(), S.Langevin(axis_name="batch")), "t", 250),
+# The steps each sampler needs to reach the floor here (first-order samplers need many).
+HIGH_NFE_STEPS = {"euler": 4000, "ddim": 500, "heun": 50, "dpm_solver_2m": 50, "dpm_solver_3m": 50,
+                  "unipc_2": 50, "unipc_1": 100, "ipndm": 50, "euler_maruyama": 500,
+                  "reverse_diffusion": 500, "ancestral": 500, "ancestral_beta": 500, "ddim_eta1": 500,
+                  "edm_stochastic": 100, "pc": 250, "chain": 50}
+HIGH_NFE = [(c.name, c.sampler, c.grid, HIGH_NFE_STEPS[c.name]) for c in H.ALL] + [
+    ("pc_expected_norms", S.PredictorCorrector(S.ReverseDiffusion(), S.Langevin(expected_norms=True)),
+     "t", 250),
     ("annealed_langevin", None, "lambda", 30),  # step_lr depends on the SDE, set below
-    ("euler", S.Euler(), "t", 4000),  # first order in t, with VE's fast rate log(5000) in t
-    ("heun", S.Heun(), "lambda", 50),
-    ("edm_stochastic", S.EDMStochastic(), "lambda", 100),
-    ("ddim", S.DDIM(), "lambda", 500),
-    ("ddim_eta1", S.DDIM(eta=1.0), "lambda", 500),
-    ("dpm_solver_2m", S.DPMSolverPP(order=2), "lambda", 50),
-    ("dpm_solver_3m", S.DPMSolverPP(order=3), "lambda", 50),
-    ("unipc", S.UniPC(), "lambda", 50),
-    ("ipndm", S.IPNDM(), "lambda", 50),
     ("adaptive", S.AdaptiveODE(), "one", 1),
 ]
 
@@ -77,28 +61,16 @@ def high_nfe_sampler(name, sampler, sde):
   return sampler
 
 
-@pytest.fixture(scope="module")
-def adaptive_paths():
-  """A tight adaptive solve from each example's initial noise: the path-wise reference."""
-  out = {}
-  for sde in (VP, VE):
-    dm = analytic.DiffusedMixture(GMM, sde)
-    tight = S.AdaptiveODE(rtol=1e-6, atol=1e-6)
-    out[type(sde).__name__] = sample_batch(sde, dm, tight, grid(sde, "one", 1), key=jr.key(0),
-                                           num=NUM, shape=(2,), denoise_final=False).x
-  return out
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("sde", [VP, VE], ids=["vp", "ve"])
+@pytest.mark.parametrize("sde", H.SDES, ids=H.SDE_IDS)
 @pytest.mark.parametrize("name,sampler,kind,steps", HIGH_NFE, ids=[c[0] for c in HIGH_NFE])
-def test_recovers_the_data_at_high_nfe(name, sampler, kind, steps, sde, reference, adaptive_paths):
+def test_recovers_the_data_at_high_nfe(name, sampler, kind, steps, sde, reference):
   data, nulls = reference
   dm = analytic.DiffusedMixture(GMM, sde)
   sampler = high_nfe_sampler(name, sampler, sde)
   out = sample_batch(sde, dm, sampler, grid(sde, kind, steps), key=jr.key(0), num=NUM, shape=(2,))
+  assert np.all(np.asarray(out.success))
   x = np.asarray(out.x)
-  assert np.all(np.isfinite(x))
   # Two-sample distance at the floor: within 4 standard deviations of the exact-vs-exact energy
   # distance at this N (the null spread is ~1e-3 at N = 2000).
   distance = float(metrics.energy_distance(out.x, data))
@@ -112,44 +84,149 @@ def test_recovers_the_data_at_high_nfe(name, sampler, kind, steps, sde, referenc
   cov = np.asarray(GMM.covariance())
   assert_within(x.mean(0), GMM.mean(), 4 * np.sqrt(np.diag(cov) / NUM))
   np.testing.assert_allclose(np.cov(x.T), cov, atol=0.1 * np.abs(cov).max())
-  if not sampler.stochastic:
-    # Deterministic samplers follow the ODE path from the same noise: RMS distance to a tight
-    # adaptive solve well below the data scale (first-order samplers sit near 1e-2 here).
-    path_error = np.sqrt(np.mean(np.sum((x - np.asarray(adaptive_paths[type(sde).__name__])) ** 2, -1)))
-    assert path_error < 2e-2, path_error
 
 
-# Bands around the nominal order: the fit over four grids is pre-asymptotic at the coarse end.
-ORDER_CASES = [("euler", S.Euler(), 0.8, 1.25), ("heun", S.Heun(), 1.6, 2.4),
-               ("dpm_solver_2m", S.DPMSolverPP(order=2, lower_order_final=False), 1.6, 2.4),
-               ("dpm_solver_3m", S.DPMSolverPP(order=3, lower_order_final=False), 2.4, 3.6)]
-ORDER_NUM = 64
+# --- convergence order, float64 -------------------------------------------------------------------
+
+ORDER_NUM = 16
 
 
 @pytest.fixture(scope="module")
 def order_reference():
-  # A tight adaptive solve (error ~1e-6, well below the smallest error fitted).
-  return {type(sde).__name__: sample_batch(
-      sde, analytic.DiffusedMixture(GMM, sde), S.AdaptiveODE(rtol=1e-6, atol=1e-6), grid(sde, "one", 1),
-      key=jr.key(0), num=ORDER_NUM, shape=(2,)).x for sde in (VP, VE)}
+  """A float64 adaptive solve at rtol = atol = 1e-10 per SDE: error ~1e-9, below every error fitted
+  (the smallest is ~1e-4; a 2000-step Heun agrees with it to 5e-6, Heun's own error there)."""
+  with H.float64():
+    return {H.sde_id(sde): sample_batch(
+        sde, H.problem(sde), S.AdaptiveODE(rtol=1e-10, atol=1e-10, max_steps=100_000),
+        grid(sde, "one", 1), key=jr.key(0), num=ORDER_NUM, shape=(2,), denoise_final=False).x
+            for sde in (VP, VE)}
+
+
+@pytest.mark.slow
+@H.x64
+@pytest.mark.parametrize("sde", [VP, VE], ids=["vp", "ve"])
+@pytest.mark.parametrize("case", H.DETERMINISTIC, ids=H.ids(H.DETERMINISTIC))
+def test_convergence_order(case, sde, order_reference):
+  """The slope of log path error against log N, on log-SNR grids, against the declared order.
+
+  Band (p - 0.3, p + 0.4): over a factor 8 in N the next-order term still shifts the slope (the
+  float64 fits measured 0.98-1.04, 2.10-2.11, 2.89-3.07 for orders 1, 2, 3), and the multistep
+  solvers' low-order warm-up steps pull the coarse end down (3M's local slopes rise 2.4 -> 3.3).
+  """
+  with H.float64():
+    dm = H.problem(sde)
+    ref = order_reference[H.sde_id(sde)]
+    steps = {1: [64, 128, 256, 512], 2: [16, 32, 64, 128], 3: [8, 16, 32, 64]}[case.order]
+    errors = []
+    for n in steps:
+      x = sample_batch(sde, dm, H.without_warm_down(case.sampler), grid(sde, "lambda", n), key=jr.key(0), num=ORDER_NUM,
+                       shape=(2,), denoise_final=False).x
+      # The median over examples: an example near the boundary between two modes can switch sides
+      # on a coarse grid, and one such O(1) error would dominate a mean.
+      errors.append(float(jnp.median(jnp.sqrt(jnp.sum((x - ref) ** 2, -1)))))
+    order = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert case.order - 0.3 < order < case.order + 0.4, (order, errors)
+
+
+# --- coarse grids ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sde", H.SDES, ids=H.SDE_IDS)
+@pytest.mark.parametrize("case", H.ALL, ids=H.ids(H.ALL))
+def test_ten_step_grids_move_the_noise_towards_the_data(case, sde, reference):
+  """On a 10-step grid of the sampler's own kind the samples are finite and closer to the data, in
+  energy distance, than the prior draws they started from: a diverging step, a sign error or a NaN
+  fails, where the finiteness check this replaces passed the first two. (On 5-step grids uniform in
+  t, Heun on cosine VP ends at energy 3.2 and Euler-Maruyama on VE at 182, 10x the prior's: real
+  coarse-grid failures, not asserted here.)"""
+  data, _ = reference
+  num = 256
+  dm = analytic.DiffusedMixture(GMM, sde)
+  out = sample_batch(sde, dm, case.sampler, grid(sde, case.grid, 10), key=jr.key(0), num=num,
+                     shape=(2,))
+  assert np.all(np.asarray(out.success))
+  prior = sde.prior_sample(jr.key(5), (num, 2))
+  d_out = float(metrics.energy_distance(out.x, data[:num]))
+  d_prior = float(metrics.energy_distance(prior, data[:num]))
+  assert d_out < d_prior, (d_out, d_prior)
+
+
+# --- Langevin step rules --------------------------------------------------------------------------
+
+
+def _gaussian_chain(sampler, sigma_data, num=4000):
+  """Chains from 0 at one level of a VE SDE whose data is N(0, sigma_data^2): p_t = N(0, sigma_data^2 + sigma^2)."""
+  sde = sdes.VESDE(sigma_min=0.01, sigma_max=50.0)
+  gmm = analytic.GaussianMixture.create([1.0], [[0.0]], [[sigma_data**2]])
+  dm = analytic.DiffusedMixture(gmm, sde)
+  ts = jnp.array([float(sde.time_at_sigma(2.0)), float(sde.time_at_sigma(1.0))])  # level sigma = 1
+  fn = jax.jit(jax.vmap(lambda k: sample(sde, dm, sampler, ts, jnp.zeros(1), key=k,
+                                         denoise_final=False).x[0]))
+  return np.asarray(fn(jr.split(jr.key(0), num)))
+
+
+def _stationary_variance(e, s2):
+  """x <- (1 - e/s2) x + sqrt(2 e) z on N(0, s2): v = 2 e / (1 - (1 - e/s2)^2)."""
+  return 2 * e / (1 - (1 - e / s2) ** 2)
+
+
+def test_annealed_cap_is_where_one_step_forgets_and_the_chain_matches_its_closed_form():
+  """With the cap active (eps = 2 sigma^2, i.e. step e = eps/2 = sigma^2 = 1) on p_t = N(0, 1.5):
+  the factor 1 - e/1.5 = 1/3 and the stationary variance 2.25 of the discretised chain."""
+  np.testing.assert_allclose(annealed_step_size(jnp.array([1.0, 0.1]), 0.01, 1e6), [2.0, 0.02],
+                             rtol=1e-6)  # the cap binds: 2 sigma^2
+  x = _gaussian_chain(S.AnnealedLangevin(step_lr=1e6, num_steps=60), np.sqrt(0.5))
+  v = _stationary_variance(1.0, 1.5)
+  # 4000 chains: the standard error of a variance is v sqrt(2/N) = 0.05; 5 of them.
+  assert abs(np.var(x) - v) < 5 * v * np.sqrt(2 / x.size), (np.var(x), v)
+  # The old reasoning ("eps/2 <= sigma^2 for stability") would have the chain at its own target
+  # variance 1.5 there; it is the discretised chain's 2.25, 15 standard errors away.
+  assert abs(np.var(x) - 1.5) > 10 * v * np.sqrt(2 / x.size)
+
+
+@pytest.mark.parametrize("ratio", [1.9, 2.1])
+def test_langevin_contracts_below_eps_4_sigma2_and_diverges_above(ratio):
+  """Step e = eps/2 = ratio * s2 on p_t = N(0, s2 = 1.25): |1 - e/s2| = |1 - ratio|; 0.9 contracts
+  to the closed-form variance, 1.1 grows as 1.1^(2 n) (eps = 2 e = 4.2 s2 beyond the boundary 4 s2)."""
+  s2 = 1.25
+  num_steps = 150
+  x = _gaussian_chain(S.Langevin(step_size=ratio * s2, num_steps=num_steps), 0.5)
+  if ratio < 2:
+    v = _stationary_variance(ratio * s2, s2)
+    # 0.9^300 = 2e-14 of the start is left: stationary. 5 standard errors of a variance.
+    assert abs(np.var(x) - v) < 5 * v * np.sqrt(2 / x.size), (np.var(x), v)
+  else:
+    # Variance 2 e sum 1.21^j ~ 2e 1.21^150 / 0.21 ~ 1e13: far beyond any stationary value.
+    assert not np.all(np.isfinite(x)) or np.var(x) > 1e10, np.var(x)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sde", [VP, VE], ids=["vp", "ve"])
-@pytest.mark.parametrize("name,sampler,low,high", ORDER_CASES, ids=[c[0] for c in ORDER_CASES])
-def test_convergence_order(name, sampler, low, high, sde, order_reference):
+def test_the_per_example_corrector_rule_reaches_the_floor_in_2d(sde, reference):
+  """Langevin(expected_norms=True): eps = 2 snr^2 sigma^2, per example, at the two-sample floor in 2-D,
+  where the per-example norm rule of Song et al. does not get there (measured energy 0.22 VP)."""
+  data, nulls = reference
   dm = analytic.DiffusedMixture(GMM, sde)
-  ref = order_reference[type(sde).__name__]
-  steps = [16, 32, 64, 128] if name != "euler" else [128, 256, 512, 1024]
-  errors = []
-  for n in steps:
-    x = sample_batch(sde, dm, sampler, grid(sde, "lambda", n), key=jr.key(0), num=ORDER_NUM,
-                     shape=(2,), denoise_final=False).x
-    # The median over examples: an example near the boundary between two modes can switch sides
-    # on a coarse grid, and one such O(1) error would dominate a mean.
-    errors.append(float(jnp.median(jnp.sqrt(jnp.sum((x - ref) ** 2, -1)))))
-  order = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
-  assert low < order < high, (order, errors)
+  ts = grid(sde, "t", 250)
+  band = nulls.mean() + 4 * nulls.std()
+  good = S.PredictorCorrector(S.ReverseDiffusion(), S.Langevin(expected_norms=True))
+  norms = S.PredictorCorrector(S.ReverseDiffusion(), S.Langevin())
+  distance = lambda s: float(metrics.energy_distance(
+      sample_batch(sde, dm, s, ts, key=jr.key(0), num=NUM, shape=(2,)).x, data))
+  assert distance(good) < band
+  assert distance(norms) > 10 * band  # the failure the new rule fixes is real
+
+
+def test_the_per_example_corrector_does_not_couple_examples():
+  dm = analytic.DiffusedMixture(GMM, VP)
+  ts = grid(VP, "t", 10)
+  run = lambda s, n: np.asarray(sample_batch(VP, dm, S.PredictorCorrector(S.ReverseDiffusion(), s), ts,
+                                             key=jr.key(0), num=n, shape=(2,)).x)
+  per_example = S.Langevin(expected_norms=True)
+  np.testing.assert_allclose(run(per_example, 3), run(per_example, 7)[:3], rtol=1e-5, atol=1e-6)
+  batched = S.Langevin(axis_name="batch")
+  assert not np.allclose(run(batched, 3), run(batched, 7)[:3], rtol=1e-3)  # averaged norms couple
 
 
 def test_langevin_gets_the_weights_wrong_and_annealed_langevin_right():
@@ -179,26 +256,6 @@ def test_langevin_gets_the_weights_wrong_and_annealed_langevin_right():
   assert abs(w_annealed - 0.2) < 4 * se, w_annealed
   # Plain Langevin keeps the split of the uniform start between the two basins, about 1/2.
   assert abs(w_plain - 0.5) < 4 * np.sqrt(0.25 / num), w_plain
-
-
-ALL_SAMPLERS = [
-    S.EulerMaruyama(), S.ReverseDiffusion(), S.Ancestral(), S.Ancestral(posterior_variance=False),
-    S.PredictorCorrector(S.ReverseDiffusion(), S.Langevin()), S.AnnealedLangevin(),
-    S.Langevin(), S.Euler(), S.Heun(), S.EDMStochastic(), S.DDIM(), S.DDIM(eta=1.0),
-    S.DPMSolverPP(order=2), S.DPMSolverPP(order=3), S.UniPC(), S.UniPC(order=3, bh2=False),
-    S.IPNDM(), S.AdaptiveODE(rtol=1e-3, atol=1e-3), S.Chain(S.DDIM(eta=1.0), S.IPNDM()),
-]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("sde", [VP, SUBVP, VE], ids=["vp", "subvp", "ve"])
-@pytest.mark.parametrize("sampler", ALL_SAMPLERS, ids=lambda s: type(s).__name__)
-def test_finite_on_five_step_grids(sampler, sde):
-  dm = analytic.DiffusedMixture(GMM, sde)
-  # Uniform in t: the coarsest start (the largest first step in log-SNR) of the grids here.
-  out = sample_batch(sde, dm, sampler, grid(sde, "t", 5), key=jr.key(0), num=256, shape=(2,))
-  assert np.all(np.isfinite(np.asarray(out.x)))
-  assert np.all(np.isfinite(np.asarray(out.denoised)))
 
 
 def one_step(sampler, sde, x, t=0.6, t_next=0.45, key=jr.key(3)):
@@ -339,7 +396,7 @@ def test_bad_hyperparameters():
     S.AdaptiveODE(solver="tsit5")
   with pytest.raises(ValueError, match="steps"):
     S.Chain(S.DDIM(eta=1.0), S.IPNDM(), steps=0)
-  with pytest.raises(ValueError, match="then"):
+  with pytest.raises(TypeError, match="then"):
     S.Chain(S.DDIM(eta=1.0), "ipndm")
   with pytest.raises(ValueError, match="more than steps=3"):
     sample(VP, analytic.DiffusedMixture(GMM, VP), S.Chain(S.DDIM(), S.IPNDM(), steps=3),

@@ -1,10 +1,11 @@
-"""Samplers: one algorithm per file, each a small frozen pytree with ``init`` and ``step``."""
+"""Samplers: one algorithm per file, each a small frozen pytree with ``init``, ``step`` and ``finalize``."""
 
 from diffusion_jax.samplers.adaptive import AdaptiveODE
 from diffusion_jax.samplers.ancestral import Ancestral
 from diffusion_jax.samplers.annealed_langevin import AnnealedLangevin
 from diffusion_jax.samplers.base import AbstractSampler, StepAux
 from diffusion_jax.samplers.chain import Chain
+from diffusion_jax.samplers.constraints import Inpaint
 from diffusion_jax.samplers.ddim import DDIM
 from diffusion_jax.samplers.dpm_solver import DPMSolverPP
 from diffusion_jax.samplers.edm_stochastic import EDMStochastic
@@ -19,6 +20,6 @@ from diffusion_jax.samplers.unipc import UniPC
 
 __all__ = [
     "AbstractSampler", "AdaptiveODE", "Ancestral", "AnnealedLangevin", "Chain", "DDIM", "DPMSolverPP",
-    "EDMStochastic", "Euler", "EulerMaruyama", "Heun", "IPNDM", "Langevin", "PredictorCorrector",
+    "EDMStochastic", "Euler", "EulerMaruyama", "Heun", "IPNDM", "Inpaint", "Langevin", "PredictorCorrector",
     "ReverseDiffusion", "StepAux", "UniPC",
 ]

@@ -6,7 +6,7 @@ import flax.struct
 import jax.numpy as jnp
 import jax.random as jr
 
-from diffusion_jax import schedules
+from diffusion_jax import _checks, schedules
 from diffusion_jax.samplers import base
 
 
@@ -23,6 +23,9 @@ class Ancestral(base.AbstractSampler):
 
   denoise_final_default = True
   stochastic = True
+
+  def __post_init__(self):
+    _checks.check_bool("posterior_variance", self.posterior_variance)
 
   def step(self, sde, score_fn, t, t_next, x, state, *, key):
     a, s2 = schedules.transition(sde, t, t_next)

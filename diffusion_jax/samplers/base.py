@@ -6,9 +6,22 @@ construction). ``sample`` calls
     state = sampler.init(sde, score_fn, ts, x)
     x_next, aux, state = sampler.step(sde, score_fn, t, t_next, x, state, key=key)
 
-once per grid interval, from t to t_next < t. ``aux`` is a ``StepAux``: the noiseless mean of the
-step (score_sde's ``x_mean``), the denoised estimate E[x0 | x] at the last score evaluation, and the
-number of score evaluations the step spent. Deterministic samplers ignore ``key``.
+once per grid interval, from t to t_next < t, and, when the sample ends with a denoising step,
+
+    x, aux = sampler.finalize(sde, score_fn, x, t_last, state)
+
+(default: Tweedie's E[x0 | x]; a wrapper such as ``Inpaint`` acts on that final output too).
+``aux`` is a ``StepAux``: the noiseless mean of the step (score_sde's ``x_mean``), the denoised
+estimate E[x0 | x] at the last score evaluation, the number of score evaluations the step spent,
+and whether the step succeeded (an adaptive solver that ran out of steps reports False).
+Deterministic samplers ignore ``key``.
+
+Samplers cross ``jit`` as ordinary arguments: hyperparameters that shape the program (orders,
+step counts, flags) are static fields (``pytree_node=False``); array fields (a mask, a
+measurement) are leaves, traced like any input, and may carry a leading example axis when
+``sampling.sample_examples`` is told so (``sampler_axes``). Capability flags
+(``denoise_final_default``, ``stochastic``) are read on the instance, never on the class: a
+wrapper derives them from what it wraps.
 
 For x_t = alpha x0 + sigma noise, a score s = grad log p_t(x) gives
     eps      = -sigma s                          the noise prediction
@@ -37,6 +50,9 @@ class StepAux(flax.struct.PyTreeNode):
   mean: jax.Array  # the step without its fresh noise (equal to x_next for deterministic samplers)
   denoised: jax.Array  # E[x0 | x] at the last point where the score was evaluated
   nfe: jax.Array  # score evaluations spent in this step (int32 scalar)
+  # False where the step knows it failed (an adaptive solve out of steps); ``sample`` ANDs it with
+  # the finiteness of the result into ``SampleOutput.success``.
+  success: jax.Array | bool = True
 
 
 class Evaluation(flax.struct.PyTreeNode):
@@ -88,6 +104,17 @@ class AbstractSampler(flax.struct.PyTreeNode, abc.ABC):
   def step(self, sde: AbstractLinearSDE, score_fn: ScoreFn, t: jax.Array, t_next: jax.Array,
            x: jax.Array, state: Any, *, key: jax.Array) -> tuple[jax.Array, StepAux, Any]:
     """Move ``x`` from time t to t_next < t."""
+
+  def finalize(self, sde: AbstractLinearSDE, score_fn: ScoreFn, x: jax.Array, t_last: jax.Array,
+               state: Any) -> tuple[jax.Array, StepAux]:
+    """The final denoising step at the end of the grid: x <- E[x0 | x] = (x + sigma^2 score)/alpha (Efron 2011).
+
+    ``sample`` calls it when it denoises (``denoise_final``); one evaluation. Wrappers override it
+    to act on the final output as well (e.g. put the measurement back after the Tweedie step).
+    """
+    del state
+    ev = evaluate(sde, score_fn, x, t_last)
+    return ev.denoised, StepAux(mean=ev.denoised, denoised=ev.denoised, nfe=nfe(1))
 
 
 class StepCounter(flax.struct.PyTreeNode):

@@ -31,8 +31,7 @@ class Chain(base.AbstractSampler):
 
   def __post_init__(self):
     for name in ("first", "then"):
-      if not isinstance(getattr(self, name), base.AbstractSampler):
-        raise ValueError(f"{name} must be an AbstractSampler, got {type(getattr(self, name)).__name__}.")
+      _checks.check_instance(name, getattr(self, name), base.AbstractSampler, "DDIM(eta=1.0)")
     _checks.check_count("steps", self.steps)
 
   @property
@@ -66,3 +65,6 @@ class Chain(base.AbstractSampler):
     x, aux, first_state, then_state = jax.lax.cond(index < self.steps, run_first, run_then,
                                                    (x, first_state, then_state))
     return x, aux, (index + 1, first_state, then_state)
+
+  def finalize(self, sde, score_fn, x, t_last, state):  # the end of the grid is ``then``'s
+    return self.then.finalize(sde, score_fn, x, t_last, state[2])

@@ -16,13 +16,14 @@ class DDIM(base.AbstractSampler):
   D and eps are the denoised and noise predictions at (x, t); s^2 = sigma^2 - (alpha/alpha')^2 sigma'^2
   is the variance of the forward kernel from t_next to t. eta = 0 is the deterministic DDIM, the
   Euler method of the PF-ODE in x/alpha and sigma/alpha (Karras et al. 2022); eta = 1 is ancestral
-  sampling with the DDPM posterior variance.
+  sampling with the DDPM posterior variance. eta must lie in [0, 1]: beyond 1, c can exceed sigma' and
+  the clipped sqrt(sigma'^2 - c^2) leaves DDIM's family of marginal-preserving samplers.
   """
 
   eta: float = flax.struct.field(pytree_node=False, default=0.0)
 
   def __post_init__(self):
-    _checks.check_nonnegative("eta", self.eta)
+    _checks.check_unit_interval("eta", self.eta)
 
   @property
   def stochastic(self) -> bool:

@@ -9,47 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import _checks
-from diffusion_jax.samplers import base
+from diffusion_jax.samplers import base, history
 
 
-class MultistepState(flax.struct.PyTreeNode):
-  """Step counter and the last evaluations (most recent first) of a multistep solver."""
-
-  counter: base.StepCounter
-  lambdas: jax.Array  # (history,) log(alpha/sigma) at the previous evaluations
-  values: jax.Array  # (history, *x.shape) the model outputs there
-
-
-def start_history(ts, x, history: int) -> MultistepState:
-  return MultistepState(counter=base.start_counter(ts),
-                        lambdas=jnp.zeros((max(history, 1),), x.dtype),
-                        values=jnp.zeros((max(history, 1),) + x.shape, x.dtype))
-
-
-def push(state: MultistepState, lam, value) -> MultistepState:
-  """Record a new evaluation as the most recent one and advance the counter."""
-  lambdas = jnp.concatenate([jnp.reshape(lam, (1,)).astype(state.lambdas.dtype),
-                              state.lambdas[:-1]])
-  values = jnp.concatenate([value[None], state.values[:-1]])
-  return MultistepState(counter=base.advance(state.counter), lambdas=lambdas, values=values)
-
-
-def effective_order(counter: base.StepCounter, order: int, lower_order_final: bool) -> jax.Array:
-  """min(order, steps taken + 1), and a warm-down on short grids.
-
-  With ``lower_order_final`` and fewer than 15 steps the last steps drop to order N - i (the
-  threshold of diffusers; DPM-Solver's reference code uses 10). On the benchmark's 64-D mixture a
-  second-order last step into t_min = 1e-3 made 10-step DPM-Solver++(2M) 13x worse in energy
-  distance than 8 steps with the warm-down (``benchmarks/results/samplers_cpu2_targets_nfe8-10.json``).
-  """
-  k = jnp.minimum(order, counter.index + 1)
-  if lower_order_final:
-    remaining = counter.num_steps - counter.index
-    k = jnp.where(counter.num_steps < 15, jnp.minimum(k, remaining), k)
-  return k
-
-
-def _dpm_update(k, x, denoised, history_lambdas, history_values, lam, lam_next, sigma, sigma_next,
+def _dpm_update(k, x, denoised, past_lambdas, past_values, lam, lam_next, sigma, sigma_next,
                 alpha_next):
   """The order-k DPM-Solver++ update from the current point (lam, denoised) to lam_next."""
   h = lam_next - lam
@@ -57,8 +20,8 @@ def _dpm_update(k, x, denoised, history_lambdas, history_values, lam, lam_next, 
   x_next = (sigma_next / sigma) * x - alpha_next * phi_1 * denoised
   if k == 1:  # DDIM
     return x_next
-  r0 = (lam - history_lambdas[0]) / h
-  d1_0 = (denoised - history_values[0]) / r0
+  r0 = (lam - past_lambdas[0]) / h
+  d1_0 = (denoised - past_values[0]) / r0
   if k == 2:
     # DPM-Solver++(2M): D = (1 + 1/(2 r)) D_i - 1/(2 r) D_{i-1} (Lu et al. 2022b, Alg. 2).
     return x_next - 0.5 * alpha_next * phi_1 * d1_0
@@ -67,8 +30,8 @@ def _dpm_update(k, x, denoised, history_lambdas, history_values, lam, lam_next, 
   #   x' = (sigma'/sigma) x + alpha' [-phi_1 D + phi_2 (h D') - phi_3 (h^2 D'')],
   #   phi_2 = phi_1/h + 1 = h^-1 int_0^h e^{-u}(h-u) du,  phi_3 = phi_2/h - 1/2,
   # with h D' ~ d1 and h^2 D'' ~ 2 d2 from divided differences over the last three points.
-  r1 = (history_lambdas[0] - history_lambdas[1]) / h
-  d1_1 = (history_values[0] - history_values[1]) / r1
+  r1 = (past_lambdas[0] - past_lambdas[1]) / h
+  d1_1 = (past_values[0] - past_values[1]) / r1
   d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
   d2 = (d1_0 - d1_1) / (r0 + r1)
   phi_2 = phi_1 / h + 1.0
@@ -89,9 +52,10 @@ class DPMSolverPP(base.AbstractSampler):
 
   def __post_init__(self):
     _checks.check_choice("order", self.order, {1, 2, 3})
+    _checks.check_bool("lower_order_final", self.lower_order_final)
 
   def init(self, sde, score_fn, ts, x):
-    return start_history(ts, x, self.order - 1)
+    return history.start(ts, x, self.order - 1)
 
   def step(self, sde, score_fn, t, t_next, x, state, *, key):
     del key
@@ -99,8 +63,8 @@ class DPMSolverPP(base.AbstractSampler):
     lam, lam_next = base.half_log_snr(sde, t), base.half_log_snr(sde, t_next)
     args = (x, ev.denoised, state.lambdas, state.values, lam, lam_next, sde.sigma(t),
             sde.sigma(t_next), sde.alpha(t_next))
-    k = effective_order(state.counter, self.order, self.lower_order_final)
+    k = history.effective_order(state.counter, self.order, self.lower_order_final)
     branches = [functools.partial(_dpm_update, j) for j in range(1, self.order + 1)]
     x_next = jax.lax.switch(k - 1, branches, *args)
     aux = base.StepAux(mean=x_next, denoised=ev.denoised, nfe=base.nfe(1))
-    return x_next, aux, push(state, lam, ev.denoised)
+    return x_next, aux, history.push(state, lam, ev.denoised)

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import _checks
-from diffusion_jax.samplers import base
-from diffusion_jax.samplers.dpm_solver import push, start_history
+from diffusion_jax.samplers import base, history
 
 # Adams-Bashforth weights of orders 1-4 for equal steps, most recent evaluation first; the first
 # steps fall back to the lower orders (the "improved" warm start of iPNDM).
@@ -33,7 +32,7 @@ class IPNDM(base.AbstractSampler):
     _checks.check_choice("order", self.order, {1, 2, 3, 4})
 
   def init(self, sde, score_fn, ts, x):
-    return start_history(ts, x, self.order - 1)
+    return history.start(ts, x, self.order - 1)
 
   def step(self, sde, score_fn, t, t_next, x, state, *, key):
     del key
@@ -45,4 +44,4 @@ class IPNDM(base.AbstractSampler):
     sigma, sigma_next = base.edm_sigma(sde, t), base.edm_sigma(sde, t_next)
     x_next = (x / sde.alpha(t) + (sigma_next - sigma) * eps_eff) * sde.alpha(t_next)
     aux = base.StepAux(mean=x_next, denoised=ev.denoised, nfe=base.nfe(1))
-    return x_next, aux, push(state, sde.log_snr(t), ev.eps)
+    return x_next, aux, history.push(state, base.half_log_snr(sde, t), ev.eps)

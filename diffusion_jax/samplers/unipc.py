@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import _checks
-from diffusion_jax.samplers import base
-from diffusion_jax.samplers.dpm_solver import MultistepState, effective_order, push, start_history
+from diffusion_jax.samplers import base, history
 
 
 class UniPCState(flax.struct.PyTreeNode):
-  history: MultistepState  # data predictions at the previous points, most recent first
+  history: history.History  # data predictions at the previous points, most recent first
   x_prev: jax.Array  # the (corrected) sample at the previous point
   t_prev: jax.Array
   prev_order: jax.Array  # int32: order of the predictor that produced the current x (0 before the first step)
@@ -81,9 +80,11 @@ class UniPC(base.AbstractSampler):
 
   def __post_init__(self):
     _checks.check_choice("order", self.order, {1, 2, 3})
+    for name in ("bh2", "use_corrector", "lower_order_final"):
+      _checks.check_bool(name, getattr(self, name))
 
   def init(self, sde, score_fn, ts, x):
-    return UniPCState(history=start_history(ts, x, self.order), x_prev=jnp.zeros_like(x),
+    return UniPCState(history=history.start(ts, x, self.order), x_prev=jnp.zeros_like(x),
                       t_prev=jnp.zeros((), ts.dtype), prev_order=jnp.zeros((), jnp.int32))
 
   def step(self, sde, score_fn, t, t_next, x, state, *, key):
@@ -103,12 +104,12 @@ class UniPC(base.AbstractSampler):
       x = jax.lax.switch(state.prev_order, branches, *args)
 
     # UniP from the (corrected) current point.
-    k = effective_order(hist.counter, self.order, self.lower_order_final)
+    k = history.effective_order(hist.counter, self.order, self.lower_order_final)
     args = (x, lam, lam_next, sde.sigma(t), sde.sigma(t_next), sde.alpha(t_next), ev.denoised,
             hist.lambdas, hist.values, None)
     branches = [functools.partial(_unipc_update, j, False, self.bh2) for j in range(1, self.order + 1)]
     x_next = jax.lax.switch(k - 1, branches, *args)
 
-    new_state = UniPCState(history=push(hist, lam, ev.denoised), x_prev=x, t_prev=jnp.asarray(t, state.t_prev.dtype),
+    new_state = UniPCState(history=history.push(hist, lam, ev.denoised), x_prev=x, t_prev=jnp.asarray(t, state.t_prev.dtype),
                            prev_order=k.astype(jnp.int32))
     return x_next, base.StepAux(mean=x_next, denoised=ev.denoised, nfe=base.nfe(1)), new_state

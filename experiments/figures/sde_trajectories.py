@@ -18,19 +18,7 @@ import numpy as np
 from diffusion_jax import analytic, schedules, sdes
 from diffusion_jax import samplers as S
 from diffusion_jax.sampling import sample_batch
-
-
-def forward_paths(sde, x0, ts, key):
-  """Euler-Maruyama on the forward SDE from x0 along the increasing grid ts."""
-  def step(x, inputs):
-    t, t_next, k = inputs
-    dt = t_next - t
-    x = x + sde.drift(x, t) * dt + sde.diffusion(t) * jnp.sqrt(dt) * jr.normal(k, x.shape)
-    return x, x
-
-  keys = jr.split(key, ts.shape[0] - 1)
-  _, xs = jax.lax.scan(step, x0, (ts[:-1], ts[1:], keys))
-  return jnp.concatenate([x0[None], xs])
+from diffusion_jax.simulate import simulate_forward
 
 
 def main():
@@ -53,7 +41,7 @@ def main():
 
   ts_up = jnp.linspace(t_min, sde.T, n + 1)
   x0 = gmm.sample(jr.key(0), args.paths)
-  fwd = jax.vmap(lambda x, k: forward_paths(sde, x, ts_up, k))(x0, jr.split(jr.key(1), args.paths))
+  fwd = jax.vmap(lambda x, k: simulate_forward(sde, x, ts_up, key=k))(x0, jr.split(jr.key(1), args.paths))
   ts_down = schedules.uniform_time(sde, n, t_min)
   rev = sample_batch(sde, dm, S.EulerMaruyama(), ts_down, key=jr.key(2), num=args.paths, shape=(1,),
                      save_trajectory=True, denoise_final=False)
