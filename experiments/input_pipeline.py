@@ -91,21 +91,25 @@ def tfds_source(name: str, *, split: str, data_dir: str | None = None,
   return grain.MapDataset.source(source).map(to_example)
 
 
-class GrainSource:
-  """Global example g = step * batch_size + row of a per-epoch shuffled, repeated dataset.
+def local_batches(source, *, batch_size: int, seed: int, start: int, stop: int):
+  """Rows [start, stop) of every global batch: element s is rows start..stop-1 of batch s, where
+  row r of batch s is example s * batch_size + r of the source shuffled afresh each epoch (grain
+  combines ``seed`` with the epoch number) and repeated. Only these rows are ever read."""
+  if len(source) < 1:
+    raise ValueError("the grain source is empty.")
+  rows = stop - start
+  data = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
+  return grain.MapDataset.range(0, sys.maxsize).map(
+      lambda j: data[(j // rows) * batch_size + start + j % rows]).batch(rows)
 
-  The ``seed`` fixes every epoch's permutation (grain combines it with the epoch number).
-  """
+
+class GrainSource:
+  """``local_batches`` for this process's rows, through a checkpointable grain iterator."""
 
   def __init__(self, source, *, batch_size: int, seed: int, mesh):
-    if len(source) < 1:
-      raise ValueError("the grain source is empty.")
     self.batch_size, self.mesh = batch_size, mesh
     start, stop = sharding.local_rows(mesh, batch_size)
-    rows = stop - start
-    data = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
-    local = grain.MapDataset.range(0, sys.maxsize).map(
-        lambda j: data[(j // rows) * batch_size + start + j % rows]).batch(rows)
+    local = local_batches(source, batch_size=batch_size, seed=seed, start=start, stop=stop)
     self.checkpoint_item = iter(local.to_iter_dataset())
     self._next_step = 0
 
