@@ -90,14 +90,20 @@ def make_sharded_train_step(train_step, mesh):
 
 def make_sharded_sampler(sample_fn, mesh):
   """jit of ``sample_fn(params, keys, cond) -> pytree (leading axis = examples)``, with the keys
-  and conditions sharded over "data", the parameters replicated and the output gathered."""
+  and conditions sharded over "data", the parameters replicated and the output gathered.
+
+  Keys and conditions arrive as host arrays every process holds whole (replicated inputs are
+  what a multi-process program accepts from NumPy) and are split over "data" inside.
+  """
 
   def program(params, key_bits, cond):
-    keys = jax.lax.with_sharding_constraint(jr.wrap_key_data(key_bits), batch_sharding(mesh))
+    rows = batch_sharding(mesh)
+    keys = jax.lax.with_sharding_constraint(jr.wrap_key_data(key_bits), rows)
+    cond = jax.tree.map(lambda c: jax.lax.with_sharding_constraint(c, rows), cond)
     return sample_fn(params, keys, cond)
 
-  rep, rows = replicated(mesh), batch_sharding(mesh)
-  return jax.jit(program, in_shardings=(rep, rows, rows), out_shardings=rep)
+  rep = replicated(mesh)
+  return jax.jit(program, in_shardings=(rep, rep, rep), out_shardings=rep)
 
 
 def _pad_rows(tree, num: int):
