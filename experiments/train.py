@@ -190,7 +190,8 @@ def make_draw(method, params, config, mesh, *, progress: bool = False):
   return draw
 
 
-def sampler_summary(config, method=None) -> dict:
+def sampler_summary(config) -> dict:
+  """The configured sampler and grid, for summaries."""
   sc = config.sampling
   sampler = build.build_sampler(config)
   ts = np.asarray(build.build_time_grid(config, build.build_sde(config)))
