@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-from experiments import _contract_shim  # noqa: F401  THROWAWAY: delete with the file at merge
-
 import jax
 import jax.numpy as jnp
 import jax.random as jr
