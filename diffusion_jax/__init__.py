@@ -25,7 +25,7 @@ from diffusion_jax.sampling import (SampleOutput, example_keys, sample, sample_b
 from diffusion_jax.simulate import simulate_forward
 from diffusion_jax.sde import AbstractLinearSDE, AbstractSDE, ProbabilityFlowODE, ReverseSDE
 from diffusion_jax.sdes import VESDE, VPSDE, CosineVPSDE, SubVPSDE
-from diffusion_jax.train import (TrainState, ema_update, make_dsm_loss_fn, make_optimizer,
+from diffusion_jax.train import (TrainState, ema_update, make_multi_train_step, make_optimizer,
                                  make_train_step)
 
 __version__ = "0.1.0"

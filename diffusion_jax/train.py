@@ -1,14 +1,24 @@
-"""Training as pure functions: ``TrainState``, the optax optimiser, EMA, and ``train_step``.
+"""Training as pure functions: ``TrainState`` (trainable / frozen), optimiser, EMA, train steps.
 
 Nothing here knows about devices: data parallelism is applied from outside by ``jax.jit`` with
-``jax.sharding`` shardings (see experiments/run.py). Randomness is a value: the step key is
+``jax.sharding`` shardings (experiments/train.py). Randomness is a value: the step key is
 ``fold_in(key, state.step)`` and each example gets its own key split from it, so a step depends
 only on (state, global batch, key), never on how the batch is split across devices or processes.
+
+A loss is per example, ``loss_fn(params, frozen, example, key) -> record``: ``record`` is a flax
+struct or dict of scalars with a field ``loss`` (minimised); every other field is a diagnostic and
+is logged as its batch mean. Only ``params`` (the trainable tree) is differentiated; ``frozen``
+(a pretrained network, an encoder, fixed buffers) is read and passed through untouched.
+
+Several players (a GAN's generator and discriminator) share the machinery: ``params`` is then a
+dict {player: tree}, each player has its own loss and optimiser, and ``make_multi_train_step``
+updates them simultaneously or in turn (see its docstring).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Callable, Mapping, Sequence
 
 import flax.struct
 import jax
@@ -16,31 +26,48 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 
-from diffusion_jax.losses import LossOutput, Weighting, dsm_loss
-from diffusion_jax.parameterization import NetworkScore, Prediction
-from diffusion_jax.sde import AbstractLinearSDE
-
-# loss_fn(params, example, key) -> LossOutput, on ONE example (a pytree without the batch axis).
-LossFn = Callable[[object, object, jax.Array], LossOutput]
+# loss_fn(params, frozen, example, key) -> record, on ONE example (a pytree without the batch axis).
+LossFn = Callable[[object, object, object, jax.Array], object]
 TrainStepFn = Callable[["TrainState", object, jax.Array], tuple["TrainState", dict]]
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """Everything that changes during training, as a plain pytree of arrays (checkpointable as is).
+  """Everything a run carries, as a plain pytree of arrays (checkpointable as is).
 
-  The apply function and the optimiser are static and live outside, in ``make_train_step``.
+  ``opt_state`` and ``ema_params`` cover ``params`` (the trainable tree) only; ``frozen`` is never
+  updated. The loss and the optimiser are static and live outside, in ``make_train_step``.
   """
 
   step: jax.Array  # int32 scalar: the number of updates applied so far
   params: object
   ema_params: object
   opt_state: optax.OptState
+  frozen: object = None
 
   @classmethod
-  def create(cls, params, optimizer: optax.GradientTransformation) -> "TrainState":
-    """Step 0: the EMA starts at the initial parameters."""
+  def create(cls, params, optimizer, *, frozen=None) -> "TrainState":
+    """Step 0: the EMA starts at the initial parameters.
+
+    ``optimizer`` is one ``optax.GradientTransformation``, or for several players a dict
+    {player: transformation} with the keys of ``params`` (each player's state covers its tree).
+    """
+    if isinstance(optimizer, Mapping):
+      _check_players("optimizer", optimizer, params)
+      opt_state = {name: opt.init(params[name]) for name, opt in optimizer.items()}
+    elif isinstance(optimizer, optax.GradientTransformation):
+      opt_state = optimizer.init(params)
+    else:
+      raise TypeError("optimizer must be an optax.GradientTransformation or a dict of them, got "
+                      f"{type(optimizer).__name__}.")
     return cls(step=jnp.zeros((), jnp.int32), params=params,
-               ema_params=jax.tree.map(jnp.array, params), opt_state=optimizer.init(params))
+               ema_params=jax.tree.map(jnp.array, params), opt_state=opt_state, frozen=frozen)
+
+
+def _check_players(name: str, players: Mapping, params) -> None:
+  if not isinstance(params, Mapping) or set(players) != set(params):
+    keys = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+    raise ValueError(f"{name} must have one entry per player, the keys of params {keys}; got "
+                     f"{sorted(players)}.")
 
 
 def make_lr_schedule(learning_rate: float, *, warmup_steps: int = 0,
@@ -66,12 +93,12 @@ def make_lr_schedule(learning_rate: float, *, warmup_steps: int = 0,
 
 def make_optimizer(learning_rate: float, *, warmup_steps: int = 0, decay_steps: int | None = None,
                    grad_clip_norm: float | None = 1.0, weight_decay: float = 0.0, b1: float = 0.9,
-                   b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+                   b2: float = 0.999, adam_eps: float = 1e-8) -> optax.GradientTransformation:
   """chain(clip_by_global_norm, adamw) with the schedule of ``make_lr_schedule``.
 
   Adam (Kingma & Ba 2015); with ``weight_decay > 0`` the decoupled decay of AdamW (Loshchilov &
   Hutter 2019). Clipping bounds the update when a batch draws many t near t_min, where the
-  eps-target of the likelihood weighting is largest.
+  noise target of the likelihood weighting is largest. ``adam_eps`` is Adam's denominator offset.
   """
   schedule = make_lr_schedule(learning_rate, warmup_steps=warmup_steps, decay_steps=decay_steps)
   transforms = []
@@ -81,39 +108,27 @@ def make_optimizer(learning_rate: float, *, warmup_steps: int = 0, decay_steps: 
     transforms.append(optax.clip_by_global_norm(grad_clip_norm))
   if weight_decay < 0:
     raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
-  transforms.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+  transforms.append(optax.adamw(schedule, b1=b1, b2=b2, eps=adam_eps, weight_decay=weight_decay))
   return optax.chain(*transforms)
 
 
 def ema_update(ema_params, params, decay: float):
   """ema <- decay * ema + (1 - decay) * params (Polyak averaging; Song & Ermon 2020, Sec. 3.4)."""
-  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+  return optax.incremental_update(params, ema_params, step_size=1.0 - decay)
 
 
-def as_model_fn(apply_fn: Callable, sde: AbstractLinearSDE, *,
-                prediction: Prediction = Prediction.EPS, label: jax.Array | None = None):
-  """A per-example ``model_fn(params, x, t)`` for the losses, over a batched ``apply_fn``.
-
-  It reuses ``NetworkScore.raw`` so training and sampling cross the batch boundary the same way.
-  """
-
-  def model_fn(params, x, t):
-    return NetworkScore(apply_fn, params, sde, prediction, label).raw(x, t)
-
-  return model_fn
-
-
-def make_dsm_loss_fn(apply_fn: Callable, sde: AbstractLinearSDE, *,
-                     prediction: Prediction = Prediction.EPS,
-                     weighting: Weighting = Weighting.SIMPLE, t_min: float = 1e-5) -> LossFn:
-  """``loss_fn(params, example, key)``: ``dsm_loss`` on one example {"x0": (D...), ["label": ()]}."""
-
-  def loss_fn(params, example, key):
-    model_fn = as_model_fn(apply_fn, sde, prediction=prediction, label=example.get("label"))
-    return dsm_loss(model_fn, params, example["x0"], key, sde=sde, prediction=prediction,
-                    weighting=weighting, t_min=t_min)
-
-  return loss_fn
+def record_fields(record) -> dict:
+  """A loss record (flax struct / dataclass or dict) as {field: value}; it must have ``loss``."""
+  if isinstance(record, Mapping):
+    fields = dict(record)
+  elif dataclasses.is_dataclass(record):
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+  else:
+    raise TypeError("loss_fn must return a dict or a flax struct of per-example scalars, got "
+                    f"{type(record).__name__}.")
+  if "loss" not in fields:
+    raise ValueError(f"the loss record must have a field 'loss' (minimised); got {sorted(fields)}.")
+  return {k: v for k, v in fields.items() if v is not None}
 
 
 def _batch_size(batch) -> int:
@@ -124,30 +139,111 @@ def _batch_size(batch) -> int:
   return sizes.pop()
 
 
+def _check_ema_decay(ema_decay: float) -> None:
+  if not 0.0 <= ema_decay <= 1.0:
+    raise ValueError(f"ema_decay must lie in [0, 1], got {ema_decay!r}.")
+
+
+def _batch_records(loss_fn: LossFn, params, frozen, batch, example_keys) -> dict:
+  """vmap of the per-example loss: {field: (B,)}; each field must be a scalar per example."""
+  records = record_fields(jax.vmap(loss_fn, in_axes=(None, None, 0, 0))(params, frozen, batch,
+                                                                        example_keys))
+  bad = {k: v.shape[1:] for k, v in records.items() if jnp.shape(v)[1:] != ()}
+  if bad:
+    raise ValueError(f"every field of the loss record must be a scalar per example; got shapes {bad}.")
+  return records
+
+
+def _means(records: dict) -> dict:
+  return {k: jnp.mean(v) for k, v in records.items()}
+
+
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                     ema_decay: float) -> TrainStepFn:
   """``train_step(state, batch, key) -> (state, metrics)``, pure.
 
-  Minimises the batch mean of the per-example ``loss_fn``; example i of step s uses key
-  ``split(fold_in(key, s), B)[i]`` (VDM's per-step keys), so resuming at step s replays exactly.
+  theta <- theta + optimizer(grad_theta (1/B) sum_i loss_fn(theta, frozen, example_i, key_i)),
+  with key_i = split(fold_in(key, step), B)[i] (VDM's per-step keys), so resuming at step s
+  replays exactly. ``metrics`` holds the batch mean of every field of the record and
+  ``grad_norm`` (the global norm of the mean gradient, before clipping).
   """
-  if not 0.0 <= ema_decay <= 1.0:
-    raise ValueError(f"ema_decay must lie in [0, 1], got {ema_decay!r}.")
+  _check_ema_decay(ema_decay)
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise TypeError(f"optimizer must be an optax.GradientTransformation, got "
+                    f"{type(optimizer).__name__}; several players: make_multi_train_step.")
 
   def train_step(state: TrainState, batch, key: jax.Array):
-    num = _batch_size(batch)
-    example_keys = jr.split(jr.fold_in(key, state.step), num)
+    example_keys = jr.split(jr.fold_in(key, state.step), _batch_size(batch))
 
     def objective(params):
-      out = jax.vmap(loss_fn, in_axes=(None, 0, 0))(params, batch, example_keys)
-      return jnp.mean(out.loss), out
+      records = _batch_records(loss_fn, params, state.frozen, batch, example_keys)
+      return jnp.mean(records["loss"]), records
 
-    (loss, out), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    grads, records = jax.grad(objective, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               ema_params=ema_update(state.ema_params, params, ema_decay))
-    metrics = {"loss": loss, "eps_mse": jnp.mean(out.eps_mse), "grad_norm": optax.tree.norm(grads)}
+    return new_state, {**_means(records), "grad_norm": optax.tree.norm(grads)}
+
+  return train_step
+
+
+def make_multi_train_step(players: Mapping[str, tuple[LossFn, optax.GradientTransformation]],
+                          ema_decay: float, *, order: Sequence[str] | None = None) -> TrainStepFn:
+  """One train step of a game between players, e.g. a GAN's generator and discriminator.
+
+  ``state.params`` is a dict {player: tree}; ``players[p] = (loss_fn_p, optimizer_p)`` where
+  ``loss_fn_p(params, frozen, example, key)`` sees every player's parameters and is minimised
+  with respect to ``params[p]`` only (the others are held fixed). ``order=None``: simultaneous
+  updates, every gradient at the current parameters (theta_p <- theta_p - lr grad_p L_p(theta)).
+  ``order=("discriminator", "generator")``: in turn (Gauss-Seidel), each player seeing the already
+  updated parameters of the players before it (Goodfellow et al. 2014, Alg. 1 with k = 1).
+  Player p's example keys are split from fold_in(fold_in(key, step), index of p in sorted names).
+  Metrics are "<player>/<field>" batch means and "<player>/grad_norm".
+  """
+  _check_ema_decay(ema_decay)
+  if not players:
+    raise ValueError("players must name at least one (loss_fn, optimizer) pair.")
+  names = sorted(players)
+  if order is not None:
+    order = tuple(order)
+    if sorted(order) != names:
+      raise ValueError(f"order must list each player once, {names}; got {list(order)}.")
+
+  def player_grads(name, params, frozen, batch, step_key):
+    loss_fn = players[name][0]
+    keys = jr.split(jr.fold_in(step_key, names.index(name)), _batch_size(batch))
+
+    def objective(own):
+      records = _batch_records(loss_fn, {**params, name: own}, frozen, batch, keys)
+      return jnp.mean(records["loss"]), records
+
+    return jax.grad(objective, has_aux=True)(params[name])
+
+  def train_step(state: TrainState, batch, key: jax.Array):
+    _check_players("players", players, state.params)
+    step_key = jr.fold_in(key, state.step)
+    params, opt_state, metrics = dict(state.params), dict(state.opt_state), {}
+
+    def update(name, grads):
+      updates, opt_state[name] = players[name][1].update(grads, opt_state[name], params[name])
+      return optax.apply_updates(params[name], updates)
+
+    if order is None:  # every gradient at the current parameters, then all updates
+      grads = {n: player_grads(n, params, state.frozen, batch, step_key) for n in names}
+      new = {n: update(n, grads[n][0]) for n in names}
+      params.update(new)
+    else:
+      grads = {}
+      for n in order:
+        grads[n] = player_grads(n, params, state.frozen, batch, step_key)
+        params[n] = update(n, grads[n][0])
+    for n in names:
+      metrics.update({f"{n}/{k}": v for k, v in _means(grads[n][1]).items()})
+      metrics[f"{n}/grad_norm"] = optax.tree.norm(grads[n][0])
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=ema_update(state.ema_params, params, ema_decay))
     return new_state, metrics
 
   return train_step

@@ -1,15 +1,25 @@
-"""The one place where config strings become library objects (plain if/elif, clear errors)."""
+"""The one place where config strings become library objects (plain if/elif, clear errors).
+
+``build_method(config)`` returns the ``Method`` record the runner trains, samples and evaluates;
+``build_batch_source(config, mesh, key)`` the source of its training batches.
+"""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+import jax.random as jr
 import ml_collections
 import numpy as np
 
-from diffusion_jax import (_checks, data, likelihood, nets, samplers, sampling, schedules, sdes,
-                           train)
+from diffusion_jax import (_checks, conditions, data, likelihood, losses, nets, parameterization,
+                           samplers, sampling, schedules, sdes, train)
 from diffusion_jax.analytic import GaussianMixture
 from diffusion_jax.losses import Weighting
 from diffusion_jax.parameterization import Prediction
+from experiments import input_pipeline
+from experiments.evaluate import toy as evaluate_toy
+from experiments.method import Method
 
 
 def _unknown(key: str, value, allowed) -> ValueError:
@@ -43,7 +53,7 @@ def build_prediction(config: ml_collections.ConfigDict) -> Prediction:
 
 
 def build_model(config: ml_collections.ConfigDict):
-  """config.model -> a batched flax.linen network ``apply(params, x, t[, label])``."""
+  """config.model -> a batched flax.linen network ``apply(params, x, t[, cond])``."""
   c = config.model
   if c.time_embedding == "fourier":
     time_embedding = nets.GaussianFourierEmbedding(features=c.embed_dim, scale=c.fourier_scale)
@@ -57,8 +67,28 @@ def build_model(config: ml_collections.ConfigDict):
   raise _unknown("config.model.name", c.name, ("mlp",))
 
 
-def build_dataset(config: ml_collections.ConfigDict) -> data.ToyDataset:
-  """config.data -> a dataset whose batch at step s is a pure function of (key, s)."""
+def _mixture(config: ml_collections.ConfigDict) -> GaussianMixture:
+  means = np.asarray(config.data.mixture_means, float)
+  variances = np.asarray(config.data.mixture_variances, float)
+  if means.ndim != 2:
+    raise ValueError(f"config.data.mixture_means must have shape (K, D), got {means.shape}.")
+  if variances.shape not in ((), means.shape[:1], means.shape):
+    raise ValueError(f"config.data.mixture_variances must have shape {means.shape} (like "
+                     f"config.data.mixture_means), ({means.shape[0]},) or (), got {variances.shape}.")
+  if variances.shape == means.shape[:1]:
+    variances = variances[:, None]  # one variance per component, shared by all axes
+  return GaussianMixture.create(config.data.mixture_weights, means, variances)
+
+
+DATASETS = ("eight_gaussians", "checkerboard", "two_moons", "swiss_roll", "gaussian_mixture",
+            "labelled_mixture")
+
+
+def build_dataset(config: ml_collections.ConfigDict):
+  """config.data -> a dataset whose batch at step s is a pure function of (key, s).
+
+  "labelled_mixture": the gaussian_mixture's examples with their component as "label".
+  """
   name = config.data.name
   if name == "eight_gaussians":
     return data.eight_gaussians()
@@ -69,19 +99,39 @@ def build_dataset(config: ml_collections.ConfigDict) -> data.ToyDataset:
   elif name == "swiss_roll":
     return data.swiss_roll()
   elif name == "gaussian_mixture":
-    means = np.asarray(config.data.mixture_means, float)
-    variances = np.asarray(config.data.mixture_variances, float)
-    if means.ndim != 2:
-      raise ValueError(f"config.data.mixture_means must have shape (K, D), got {means.shape}.")
-    if variances.shape not in ((), means.shape[:1], means.shape):
-      raise ValueError(f"config.data.mixture_variances must have shape {means.shape} (like "
-                       f"config.data.mixture_means), ({means.shape[0]},) or (), got {variances.shape}.")
-    if variances.shape == means.shape[:1]:
-      variances = variances[:, None]  # one variance per component, shared by all axes
-    return data.gaussian_mixture(GaussianMixture.create(config.data.mixture_weights, means,
-                                                        variances))
-  raise _unknown("config.data.name", name,
-                 ("eight_gaussians", "checkerboard", "two_moons", "swiss_roll", "gaussian_mixture"))
+    return data.gaussian_mixture(_mixture(config))
+  elif name == "labelled_mixture":
+    return data.labelled_mixture(_mixture(config))
+  raise _unknown("config.data.name", name, DATASETS)
+
+
+def _example_fields(dataset) -> set[str]:
+  """The entries of one example of a toy dataset, read from the shapes of a traced batch."""
+  return set(jax.eval_shape(lambda k: dataset.batch(k, 0, 2), jr.key(0)))
+
+
+def build_batch_source(config: ml_collections.ConfigDict, mesh,
+                       key: jax.Array) -> input_pipeline.BatchSource:
+  """config.data.source -> where training batches come from.
+
+  "generated": computed from (key, step, rows) (toy data); "array": config.data.num_examples
+  drawn once from the dataset with ``key``, then read through grain (shuffled afresh each epoch,
+  checkpointed iterator); "tfds": a prepared TFDS dataset through grain (never downloads).
+  """
+  c, batch_size = config.data, config.training.batch_size
+  source = c.get("source", "generated")
+  if source == "generated":
+    return input_pipeline.GeneratedSource(build_dataset(config), key, batch_size, mesh)
+  if source == "array":
+    _checks.check_count("config.data.num_examples", c.num_examples)
+    arrays = jax.device_get(build_dataset(config).batch(key, 0, c.num_examples))
+    records = input_pipeline.ArraySource(arrays)
+  elif source == "tfds":
+    records = input_pipeline.tfds_source(c.tfds_name, split=c.tfds_split,
+                                         data_dir=c.tfds_data_dir or None)
+  else:
+    raise _unknown("config.data.source", source, ("generated", "array", "tfds"))
+  return input_pipeline.GrainSource(records, batch_size=batch_size, seed=config.seed, mesh=mesh)
 
 
 def build_weighting(config: ml_collections.ConfigDict) -> Weighting:
@@ -140,11 +190,9 @@ def build_sampler(config: ml_collections.ConfigDict):
                     "heun", "edm_stochastic", "ddim", "dpm_solver_2m", "dpm_solver_3m", "unipc",
                     "ipndm", "adaptive"))
   if c.corrector == "langevin":
-    # Norms averaged over the batch as in score_sde: per example, the SNR rule takes steps far too
-    # large in low dimensions (measured: energy distance 0.25 on 2-D mixtures). The runner's
-    # sampling program names its example axis BATCH_AXIS.
-    corrector = samplers.Langevin(snr=c.snr, num_steps=c.corrector_steps,
-                                  axis_name=sampling.BATCH_AXIS)
+    # Per example, never averaged over a batch axis (score_sde's batch-norm rule): examples of a
+    # batch must not be coupled, so samples do not depend on chunking or padding.
+    corrector = samplers.Langevin(snr=c.snr, num_steps=c.corrector_steps)
     sampler = samplers.PredictorCorrector(sampler, corrector)
   elif c.corrector != "none":
     raise _unknown("config.sampling.corrector", c.corrector, ("none", "langevin"))
@@ -207,3 +255,69 @@ def build_denoise_final(config: ml_collections.ConfigDict) -> bool | None:
   elif value == "false":
     return False
   raise _unknown("config.sampling.denoise_final", value, ("default", "true", "false"))
+
+
+def _check_conditioning(config: ml_collections.ConfigDict, dataset) -> int:
+  """config.model.num_classes K: 0 unconditional; K > 0 needs labels 0..K-1 in the data."""
+  num_classes = config.model.num_classes
+  _checks.check_count("config.model.num_classes", num_classes, minimum=0)
+  if not num_classes:
+    return 0
+  if config.data.get("source", "generated") == "tfds":
+    return num_classes  # labels come from the TFDS "label" feature
+  if "label" not in _example_fields(dataset):
+    raise ValueError(f"config.model.num_classes={num_classes} trains a class-conditional model, "
+                     f"but config.data.name={config.data.name!r} has no 'label' in its examples; "
+                     "use labelled data (e.g. config.data.name='labelled_mixture') or "
+                     "config.model.num_classes=0.")
+  mixture = getattr(dataset, "mixture", None)
+  if mixture is not None and mixture.weights.shape[0] != num_classes:
+    raise ValueError(f"config.model.num_classes={num_classes} must equal the number of classes of "
+                     f"the data, {mixture.weights.shape[0]} mixture components.")
+  return num_classes
+
+
+def build_method(config: ml_collections.ConfigDict) -> Method:
+  """config -> the denoising-score method: DSM loss (with label dropout when conditional), the
+  configured sampler on the configured grid, the toy two-sample evaluation."""
+  sde, module, prediction = build_sde(config), build_model(config), build_prediction(config)
+  dataset = build_dataset(config)
+  shape = tuple(dataset.shape)
+  num_classes = _check_conditioning(config, dataset)
+  cond_key = "label" if num_classes else None
+  null_cond = conditions.null_label(num_classes) if num_classes else None
+  model_fn = nets.as_model_fn(module)
+  loss_fn = losses.make_dsm_loss_fn(model_fn, sde, prediction=prediction,
+                                    weighting=build_weighting(config), t_min=config.training.t_min,
+                                    cond_key=cond_key)
+  if num_classes:
+    p = config.model.label_dropout
+    if not 0.0 <= p < 1.0:
+      raise ValueError(f"config.model.label_dropout must lie in [0, 1), got {p!r}.")
+    if p > 0:  # the null label is trained too: the unconditional model of classifier-free guidance
+      loss_fn = conditions.with_condition_dropout(loss_fn, p, null_cond, cond_key)
+  optimizer, _ = build_optimizer(config)
+  train_step = train.make_train_step(loss_fn, optimizer, config.training.ema_decay)
+  sampler, ts = build_sampler(config), np.asarray(build_time_grid(config, sde))
+  denoise_final = build_denoise_final(config)
+
+  def init(key):
+    params = module.init({"params": key}, jnp.zeros((1, *shape)), jnp.ones((1,)))
+    return train.TrainState.create(params, optimizer)
+
+  def score_fn(params, cond=None):
+    return parameterization.NetworkScore(model_fn, params, sde, prediction, cond)
+
+  def sample(params, keys, cond):
+    out = sampling.sample_examples(sde, score_fn(params), sampler, jnp.asarray(ts), keys,
+                                   shape=shape, cond=cond, denoise_final=denoise_final)
+    return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
+
+  def evaluate(draw, key):
+    e = config.eval
+    return evaluate_toy.evaluate(draw, dataset, key, num_samples=config.sampling.num_samples,
+                                 floor_repeats=e.floor_repeats, mmd_bandwidth=e.mmd_bandwidth,
+                                 num_projections=e.num_projections, num_classes=num_classes)
+  return Method(init=init, train_step=train_step, sample=sample, evaluate=evaluate,
+                example_shape=shape, loss_fn=loss_fn, cond_key=cond_key, null_cond=null_cond,
+                score_fn=score_fn)

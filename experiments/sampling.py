@@ -1,13 +1,16 @@
-"""--mode=sample: draw config.sampling.num_samples from the latest checkpoint with the configured sampler.
+"""--mode=sample: sample a checkpoint's EMA model with the configured sampler and evaluate it.
 
   python -m experiments.main --config=experiments/configs/toy2d.py --workdir=DIR --mode=sample \
       --config.sampling.sampler=dpm_solver_2m --config.sampling.grid=log_snr \
       --config.sampling.num_steps=10
 
-Writes DIR/samples/<sampler>_<steps>steps_step<ckpt>.npz (x, denoised, nfe, ts) and a .png scatter
-of the first two coordinates over fresh data, plus a .json with the two-sample distances to data.
-Examples are drawn in compiled chunks of config.sampling.batch_size (a progress bar counts them);
-example n always uses fold_in(key, n), so the samples do not depend on the chunk size.
+Writes DIR/samples/<stem>.npz (x, denoised, nfe, ts[, labels]), <stem>.json (the same two-sample
+evaluation as the end of training: experiments/evaluate, same reference draws) and <stem>.png.
+The stem names everything that changes the samples (sampler and its hyperparameters, grid,
+number of steps, t_min, corrector, ancestral start, final denoising, number of samples,
+checkpoint step), so one evaluation never overwrites another. Examples are drawn in compiled
+chunks of config.sampling.batch_size (a progress bar counts them); example n always uses
+fold_in(key, n), so the samples do not depend on the chunk size.
 """
 
 from __future__ import annotations
@@ -17,70 +20,79 @@ import pathlib
 import time
 
 import jax
-import jax.random as jr
 import ml_collections
 import numpy as np
 
-from experiments import build
-from experiments import run as run_lib
+from experiments import build, keys, sharding
+from experiments import train as train_lib
+from experiments.checkpoints import Checkpoints
+from experiments.evaluate import toy as evaluate_toy
+
+# Hyperparameters that matter for each sampler (the others are ignored by it).
+_SAMPLER_FIELDS = {
+    "ddim": ("eta",), "unipc": ("order",), "adaptive": ("rtol", "atol"),
+    "annealed_langevin": ("langevin_step_lr", "langevin_steps"),
+    "edm_stochastic": ("s_churn", "s_tmin", "s_tmax", "s_noise"),
+}
 
 
-def draw(score_fn, sde, sampler, ts, key, *, num: int, shape: tuple[int, ...], batch_size: int,
-         mesh, denoise_final=None, progress: bool = True) -> dict:
-  """num examples in chunks of batch_size (one compiled program; the last chunk is padded)."""
-  from tqdm import tqdm
-
-  chunks = []
-  with tqdm(total=num, desc=f"sample ({type(sampler).__name__})", disable=not progress,
-            dynamic_ncols=True) as bar:
-    for offset in range(0, num, batch_size):
-      chunks.append(run_lib.draw_samples(score_fn, sde, sampler, ts, key, num=batch_size,
-                                         shape=shape, mesh=mesh, offset=offset,
-                                         denoise_final=denoise_final))
-      bar.update(min(batch_size, num - offset))
-  return {k: np.concatenate([c[k] for c in chunks])[:num] for k in chunks[0]}
-
-
-def run(config: ml_collections.ConfigDict, workdir) -> dict:
-  """Restore the EMA model of the latest checkpoint, sample, and write .npz, .png and .json."""
-  workdir = pathlib.Path(workdir)
-  mesh = run_lib.make_mesh()
-  score_fn, sde, state = run_lib.restore_model(config, workdir,
-                                               sharding=run_lib.replicated(mesh))
+def output_stem(config: ml_collections.ConfigDict, step: int) -> str:
+  """A file stem naming everything that changes the samples, e.g.
+  ``ddim-eta0.5_log_snr_10steps_tmin0.001_n4000_step10000``."""
   sc = config.sampling
-  sampler = build.build_sampler(config)
-  ts = np.asarray(build.build_time_grid(config, sde))
-  dataset = build.build_dataset(config)
-  key = run_lib.sampling_key(config)
+  name = "-".join([sc.sampler, *(f"{f}{sc[f]:g}" for f in _SAMPLER_FIELDS.get(sc.sampler, ()))])
+  parts = [name]
+  if sc.sampler != "adaptive":
+    parts += [f"{sc.grid}-rho{sc.rho:g}" if sc.grid == "edm" else sc.grid, f"{sc.num_steps}steps"]
+  parts.append(f"tmin{sc.t_min:g}")
+  if sc.corrector != "none":
+    parts.append(f"pc-{sc.corrector}-snr{sc.snr:g}x{sc.corrector_steps}")
+  if sc.get("ancestral_start_steps", 0):
+    parts.append(f"ancestral{sc.ancestral_start_steps}")
+  if sc.denoise_final != "default":
+    parts.append(f"denoise-{sc.denoise_final}")
+  parts += [f"n{sc.num_samples}", f"step{step}"]
+  return "_".join(parts)
+
+
+def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) -> dict:
+  """Restore the EMA model of the newest intact (or the given) checkpoint, sample, evaluate, write."""
+  workdir = pathlib.Path(workdir)
+  mesh = sharding.make_mesh()
+  method = build.build_method(config)
+  sc = config.sampling
+  ts = np.asarray(build.build_time_grid(config, build.build_sde(config)))
+  with Checkpoints(workdir, read_only=True) as checkpoints:
+    state, restored = checkpoints.restore(
+        train_lib.abstract_state(method, config, sharding.replicated(mesh)), step=step)
+  if state is None:
+    raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}.")
+
+  draws = {}
+  draw = train_lib.make_draw(method, state.ema_params, config, mesh, progress=True)
+
+  def recording_draw(num, cond=None):
+    out = draw(num, cond)
+    draws.update(out, **({} if cond is None else {"labels": np.asarray(cond)}))
+    return out
+
   tic = time.perf_counter()
-  drawn = draw(score_fn, sde, sampler, ts, key, num=sc.num_samples, shape=(dataset.dim,),
-               batch_size=min(sc.batch_size, sc.num_samples), mesh=mesh,
-               denoise_final=build.build_denoise_final(config),
-               progress=jax.process_index() == 0)
+  summary, plot = method.evaluate(recording_draw, keys.eval_key(config))
   seconds = time.perf_counter() - tic
   if jax.process_index() != 0:
     return {}
 
-  step = int(np.asarray(jax.device_get(state.step)))
-  start = f"ancestral{sc.ancestral_start_steps}_" if sc.get("ancestral_start_steps", 0) else ""
-  stem = f"{start}{sc.sampler}{'_pc' if sc.corrector != 'none' else ''}_{len(ts) - 1}steps_step{step}"
+  stem = output_stem(config, restored)
   out_dir = workdir / "samples"
   out_dir.mkdir(parents=True, exist_ok=True)
-  np.savez(out_dir / f"{stem}.npz", ts=ts, **drawn)
-
-  eval_key, proj_key = jr.split(jr.fold_in(key, 1))
-  reference = np.asarray(dataset.sample(eval_key, sc.num_samples))
-  finite = np.isfinite(drawn["x"]).all(axis=1)
-  summary = {
-      "checkpoint_step": step, "sampler": repr(sampler), "grid": sc.grid, "num_steps": len(ts) - 1,
-      "t_min": float(ts[-1]), "num_samples": sc.num_samples, "seconds": seconds,
-      "nfe_mean": float(drawn["nfe"].mean()), "num_nonfinite_samples": int((~finite).sum()),
-  }
-  if finite.sum() >= 2:
-    summary["model_vs_data"] = run_lib.two_sample_distances(drawn["x"][finite], reference,
-                                                            proj_key, config)
+  summary = {"checkpoint_step": restored, **summary,
+             "sampler": {**train_lib.sampler_summary(config), "nfe_mean": summary["nfe_mean"],
+                         "seconds": seconds}}
+  np.savez(out_dir / f"{stem}.npz", ts=ts, **draws)
   (out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2))
-  if dataset.dim >= 2:
-    run_lib.plot_samples(out_dir / f"{stem}.png", drawn["x"][finite][:, :2], reference[:, :2],
-                         f"{sc.sampler}, {len(ts) - 1} steps, NFE {summary['nfe_mean']:.0f}")
+  evaluate_toy.plot_samples(out_dir / f"{stem}.png", plot["samples"], plot["reference"],
+                            f"{sc.sampler}, {len(ts) - 1} steps, NFE {summary['nfe_mean']:.0f}",
+                            labels=plot.get("labels"))
+  print(f"Checkpoint step {restored}, {summary['sampler']['repr']}: model vs exact data "
+        f"{train_lib.headline(summary)}. Wrote {out_dir / stem}.npz, .json and .png.")
   return summary

@@ -1,5 +1,6 @@
-"""The experiment runner: config errors, exact resumption, atomic checkpoints, and an end-to-end
-smoke test of ``python -m experiments.main`` on the tiny config."""
+"""The experiment runner: config errors, exact resumption, atomic checkpoints, the Langevin
+corrector independent of chunking, conditional training on labels, and an end-to-end smoke test
+of ``python -m experiments.main`` on the tiny config."""
 
 import functools
 import json
@@ -15,8 +16,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from diffusion_jax import analytic, samplers, sampling, schedules, sdes
-from experiments import build, run
+from diffusion_jax import analytic, samplers, sampling, schedules, sdes, train
+from experiments import build, input_pipeline, keys, run, sharding
+from experiments import train as train_loop
 from experiments.configs import toy2d_tiny
 from experiment_helpers import REPO, assert_trees_equal, subprocess_env
 
@@ -41,19 +43,20 @@ def test_unknown_names_raise_naming_the_config_key(key, value, builder):
     builder(config)
 
 
-@pytest.mark.parametrize("name", ["eight_gaussians", "checkerboard", "two_moons", "swiss_roll",
-                                  "gaussian_mixture"])
+@pytest.mark.parametrize("name", build.DATASETS)
 def test_every_dataset_name_builds_a_sharded_global_batch(name):
   config = toy2d_tiny.get_config()
   config.data.name = name
   dataset = build.build_dataset(config)
   mesh = run.make_mesh()
-  batch = run.make_global_batch_fn(dataset, run._key(config, run._DATA), 16, mesh)(3)
+  data_key = keys.key(config, keys.DATA)
+  batch = input_pipeline.GeneratedSource(dataset, data_key, 16, mesh).batch(3)
   assert batch["x0"].shape == (16, 2) and len(batch["x0"].sharding.device_set) == 8
   # The sharded batch holds exactly the rows of the unsharded one (both compiled: eager code may
   # round differently).
-  whole = jax.jit(dataset.batch, static_argnums=2)(run._key(config, run._DATA), 3, 16)["x0"]
-  np.testing.assert_array_equal(batch["x0"], whole)
+  whole = jax.jit(dataset.batch, static_argnums=2)(data_key, 3, 16)
+  jax.tree.map(np.testing.assert_array_equal, batch, whole)
+  assert ("label" in batch) == (name == "labelled_mixture")
 
 
 @pytest.mark.parametrize("name, cls", [("vp", "VPSDE"), ("subvp", "SubVPSDE"), ("ve", "VESDE"),
@@ -73,7 +76,7 @@ def test_mismatched_data_shapes_raise():
   config = toy2d_tiny.get_config()
   config.training.batch_size = 12  # not divisible by the 8 test devices
   with pytest.raises(ValueError, match="batch_size=12 must be divisible"):
-    run.local_rows(run.make_mesh(), config.training.batch_size)
+    sharding.local_rows(run.make_mesh(), config.training.batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +207,8 @@ def test_main_end_to_end_on_the_tiny_config(tmp_path):
 
   summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
   assert summary["step"] == 4 and summary["num_samples"] == 256
-  for group in ("model_vs_data", "data_vs_data", "data_vs_data_std"):
+  assert "floor band" in proc.stdout and "summary.json" in proc.stdout  # says what it wrote
+  for group in ("model_vs_data", "data_vs_data", "data_vs_data_std", "floor_band_hi"):
     assert set(summary[group]) == {"energy_distance", "mmd", "sliced_w1"}
     assert all(np.isfinite(v) for v in summary[group].values())
   assert summary["data_vs_data"]["sliced_w1"] > 0
@@ -239,3 +243,64 @@ def test_draw_samples_with_the_exact_score_recovers_the_data():
   # MC error of a std is 1.6% per axis here; Euler-Maruyama's bias at 200 steps measured 3-4%
   # (at 20 steps the spread is 25% too wide, which this catches).
   np.testing.assert_allclose(offsets.std(axis=0), 0.1, rtol=0.08)
+
+
+def test_the_langevin_corrector_from_the_config_never_couples_examples():
+  """Examples drawn in chunks of 5 (the last one padded) and in one chunk of 12 are bitwise the
+  same with the corrector on: its step size is per example, not a batch average (it was, through
+  axis_name, so an example's samples depended on its chunk and on the padding)."""
+  config = toy2d_tiny.get_config()
+  config.sampling.sampler, config.sampling.corrector = "reverse_diffusion", "langevin"
+  sampler = build.build_sampler(config)
+  assert sampler.corrector == samplers.Langevin(snr=config.sampling.snr,
+                                                num_steps=config.sampling.corrector_steps)
+  sde = sdes.VPSDE()
+  exact = analytic.DiffusedMixture(analytic.eight_gaussians(), sde)
+  ts = schedules.uniform_time(sde, 10, 1e-3)
+  draw = functools.partial(run.draw_samples, exact, sde, sampler, ts, jr.key(0), num=12,
+                           shape=(2,), mesh=run.make_mesh(jax.devices()[:1]))
+  np.testing.assert_array_equal(draw(batch_size=5)["x"], draw(batch_size=12)["x"])
+
+
+def test_num_classes_needs_labels_and_trains_on_them():
+  config = toy2d_tiny.get_config()
+  config.model.num_classes = 3  # checkerboard has no labels
+  with pytest.raises(ValueError, match=r"config.model.num_classes=3.*no 'label'"):
+    build.build_method(config)
+  config.data.name = "labelled_mixture"
+  config.model.num_classes = 2  # the mixture has 3 components
+  with pytest.raises(ValueError, match=r"num_classes=2 must equal .* 3 mixture components"):
+    build.build_method(config)
+  config.model.num_classes, config.model.label_dropout = 3, 0.0
+  method = build.build_method(config)
+  assert method.cond_key == "label"
+  params = method.init(jr.key(0)).params
+  x0 = np.array([0.3, -0.2], np.float32)
+
+  def loss(label):
+    record = method.loss_fn(params, None, {"x0": x0, "label": np.int32(label)}, jr.key(1))
+    return float(train.record_fields(record)["loss"])
+
+  # Same key, same x0: only the label differs, and the loss sees it (it saw only the null label).
+  assert loss(0) != loss(1) and loss(1) != loss(3)
+
+
+def test_sharded_sampling_with_a_condition_per_example_matches_one_batch_per_condition():
+  """One draw mixing labels 0..3 (3: the null label) gives, example by example, bitwise the same
+  samples as a draw with that example's label everywhere (same keys): conditions travel with
+  their example through the sharded program and never mix."""
+  config = toy2d_tiny.get_config()
+  config.data.name, config.model.num_classes = "labelled_mixture", 3
+  config.sampling.num_steps = 5
+  method = build.build_method(config)
+  mesh = run.make_mesh()
+  params = train_loop.create_state(method, config, mesh).params
+  program = sharding.make_sharded_sampler(method.sample, mesh)
+  labels = np.arange(16, dtype=np.int32) % 4
+  draw = lambda cond: sharding.draw(program, params, jr.key(3), num=16, mesh=mesh, cond=cond)["x"]
+  mixed = draw(labels)
+  for k in range(4):
+    alone = draw(np.full(16, k, np.int32))
+    np.testing.assert_array_equal(mixed[labels == k], alone[labels == k])
+  # Same keys, another label: other samples (the label reaches the network).
+  assert not np.array_equal(draw(np.zeros(16, np.int32)), draw(np.ones(16, np.int32)))

@@ -9,7 +9,8 @@ import sys
 import jax
 import numpy as np
 
-from experiments import run
+from experiments import build, input_pipeline, keys, run, sharding
+from experiments import train as train_loop
 from experiments.configs import toy2d_tiny
 from experiment_helpers import REPO, subprocess_env
 
@@ -31,13 +32,14 @@ def _assert_same_training(a, b):
 
 
 def _one_step(config, mesh, step=0):
-  r = run._Run(config, mesh)
-  state = r.create_state()
-  batch = run.make_global_batch_fn(r.dataset, run._key(config, run._DATA),
-                                   config.training.batch_size, mesh)(step)
-  step_fn = run.make_sharded_train_step(r.train_step, mesh)
-  new_state, metrics = step_fn(state, batch, run._key_data(run._key(config, run._TRAIN)))
-  return run._to_host(new_state), run._to_host(metrics), batch
+  method = build.build_method(config)
+  state = train_loop.create_state(method, config, mesh)
+  batch = build.build_batch_source(config, mesh, keys.key(config, keys.DATA)).batch(step)
+  step_fn = sharding.make_sharded_train_step(method.train_step, mesh)
+  new_state, metrics, finite = step_fn(state, batch,
+                                       sharding.key_data(keys.key(config, keys.TRAIN)))
+  assert bool(finite)
+  return sharding.to_host(new_state), sharding.to_host(metrics), batch
 
 
 def test_eight_devices_take_the_same_step_as_one():
@@ -85,8 +87,8 @@ def test_two_processes_train_like_one(tmp_path):
   reference = run.train(config, tmp_path / "single", mesh=run.make_mesh(jax.devices()[:1]))
   _, _, job = run.restore_model(config, tmp_path / "job")
   assert int(job.step) == 2
-  _assert_same_training(run._to_host(reference.params), job.params)
-  _assert_same_training(run._to_host(reference.ema_params), job.ema_params)
+  _assert_same_training(sharding.to_host(reference.params), job.params)
+  _assert_same_training(sharding.to_host(reference.ema_params), job.ema_params)
   # Only process 0 wrote the logs and the evaluation.
   assert (tmp_path / "job" / "eval" / "summary.json").exists()
   assert len((tmp_path / "job" / "metrics.jsonl").read_text().splitlines()) == 1

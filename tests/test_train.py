@@ -1,5 +1,6 @@
-"""Training: schedules and Adam against closed forms, EMA, train_step against a slow loop, learning
-the exact GMM noise prediction, and errors."""
+"""Training: schedules and Adam against closed forms, EMA, train_step against a slow loop of
+per-example gradients, frozen parameters untouched, metrics of any loss record, a two-player game
+against its closed form, learning the exact GMM noise prediction, and errors."""
 
 import functools
 
@@ -11,9 +12,7 @@ import optax
 import pytest
 
 from diffusion_jax import analytic, sdes, train
-from diffusion_jax.losses import Weighting, dsm_loss
 from diffusion_jax.nets import ScoreMLP
-from diffusion_jax.parameterization import Prediction
 
 SDE = sdes.VPSDE()
 MODEL = ScoreMLP(hidden_sizes=(32, 32), embed_dim=16)
@@ -70,50 +69,95 @@ def test_ema_update_closed_form():
                              rtol=1e-6)  # float32, ten steps
 
 
-def _loss_fn():
-  return train.make_dsm_loss_fn(MODEL.apply, SDE, prediction=Prediction.EPS,
-                                weighting=Weighting.SIMPLE, t_min=1e-3)
+def _dsm_loss_fn(params, frozen, example, key):
+  """DSM with the simple weighting, written out (independent of diffusion_jax.losses)."""
+  del frozen
+  t_key, noise_key = jr.split(key)
+  t = jr.uniform(t_key, (), minval=1e-3, maxval=SDE.T)
+  noise = jr.normal(noise_key, example["x0"].shape)
+  x_t = SDE.alpha(t) * example["x0"] + SDE.sigma(t) * noise
+  eps_hat = MODEL.apply(params, x_t[None], t[None])[0]
+  mse = jnp.mean((eps_hat - noise) ** 2)
+  return {"loss": jnp.sum((eps_hat - noise) ** 2), "eps_mse": mse, "t": t}
 
 
-def test_train_step_matches_a_slow_reference_loop():
-  """train_step == the loss averaged by a Python loop over examples, with the documented keys."""
-  optimizer = train.make_optimizer(1e-3, warmup_steps=0, grad_clip_norm=1.0)
-  state = train.TrainState.create(_params(), optimizer).replace(step=jnp.asarray(7, jnp.int32))
-  x0 = jr.normal(jr.key(1), (4, 2))
+def _frozen_loss_fn(params, frozen, example, key):
+  """A regression through a trainable layer into a frozen readout, plus a noise-dependent term:
+  loss = (readout . tanh(W x + b) + shift - y)^2 + 0.1 u^2 with u ~ N(0, 1) from the example key."""
+  hidden = jnp.tanh(params["w"] @ example["x"] + params["b"])
+  residual = frozen["readout"] @ hidden + frozen["shift"] - example["y"]
+  u = jr.normal(key, ())
+  return {"loss": residual**2 + 0.1 * u**2, "residual": residual, "abs_u": jnp.abs(u)}
+
+
+def _frozen_problem():
+  params = {"w": jr.normal(jr.key(10), (3, 2)), "b": jnp.zeros(3)}
+  frozen = {"readout": jnp.array([1.0, -2.0, 0.5]), "shift": jnp.array(0.3)}
+  batch = {"x": jr.normal(jr.key(11), (6, 2)), "y": jr.normal(jr.key(12), (6,))}
+  return params, frozen, batch
+
+
+def test_train_step_matches_per_example_gradients_averaged_by_a_slow_loop():
+  """train_step == the mean of per-example gradients computed one by one, with the documented keys,
+  then the optimiser and the EMA applied by hand; metrics are the batch means of every field."""
+  params, frozen, batch = _frozen_problem()
+  optimizer = train.make_optimizer(1e-2, grad_clip_norm=1.0)
+  state = train.TrainState.create(params, optimizer, frozen=frozen).replace(
+      step=jnp.asarray(7, jnp.int32))
   key = jr.key(2)
-  step_fn = jax.jit(train.make_train_step(_loss_fn(), optimizer, ema_decay=0.99))
-  new_state, metrics = step_fn(state, {"x0": x0}, key)
+  new_state, metrics = jax.jit(train.make_train_step(_frozen_loss_fn, optimizer, 0.9))(
+      state, batch, key)
 
-  example_keys = jr.split(jr.fold_in(key, 7), 4)
+  example_keys = jr.split(jr.fold_in(key, 7), 6)
+  grads, records = [], []
+  for i in range(6):
+    example = jax.tree.map(lambda a: a[i], batch)
+    loss = lambda p: _frozen_loss_fn(p, frozen, example, example_keys[i])["loss"]
+    grads.append(jax.grad(loss)(params))
+    records.append(_frozen_loss_fn(params, frozen, example, example_keys[i]))
+  mean_grad = jax.tree.map(lambda *g: sum(g) / 6, *grads)
+  updates, _ = optimizer.update(mean_grad, state.opt_state, params)
+  want_params = optax.apply_updates(params, updates)
+  want_ema = jax.tree.map(lambda e, p: 0.9 * e + 0.1 * p, params, want_params)
 
-  def model_fn(params, x, t):  # the network on one example, with a unit batch axis
-    return MODEL.apply(params, x[None], t[None])[0]
-
-  def mean_loss(params):
-    losses = [dsm_loss(model_fn, params, x0[i], example_keys[i], sde=SDE, t_min=1e-3).loss
-              for i in range(4)]
-    return sum(losses) / 4
-
-  loss, grads = jax.jit(jax.value_and_grad(mean_loss))(state.params)  # loop unrolled, then jitted
-  updates, _ = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ema = jax.tree.map(lambda e, p: 0.99 * e + 0.01 * p, state.ema_params, params)
-
-  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)  # float32, summation order
-  np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(grads), rtol=1e-5)
+  assert set(metrics) == {"loss", "residual", "abs_u", "grad_norm"}  # every field, nothing else
+  for name in ("loss", "residual", "abs_u"):
+    want = np.mean([float(r[name]) for r in records])
+    np.testing.assert_allclose(metrics[name], want, rtol=1e-5, atol=1e-7)  # float32 sums
+  np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(mean_grad), rtol=1e-5)
   assert int(new_state.step) == 8
-  # Adam's first step moves each weight by lr * g / (|g| + eps) with |.| <= lr = 1e-3: a relative
-  # float32 difference in g of 1e-6 moves it by ~1e-9 (atol); p + update is then rounded to
-  # float32, so the results may also differ by one or two ulps of p (rtol = 2 * 2^-23).
-  close = functools.partial(np.testing.assert_allclose, rtol=2.4e-7, atol=1e-8)
-  jax.tree.map(close, new_state.params, params)
-  jax.tree.map(close, new_state.ema_params, ema)
+  # Adam's first step moves a weight by lr g/(|g| + eps): a float32 relative difference of 1e-6 in
+  # g (summation order) moves it by ~1e-8 (atol); p + update rounds to float32 (rtol, 2 ulps).
+  close = functools.partial(np.testing.assert_allclose, rtol=2.4e-7, atol=1e-7)
+  jax.tree.map(close, new_state.params, want_params)
+  jax.tree.map(close, new_state.ema_params, want_ema)
+
+
+def test_frozen_parameters_are_untouched_and_optimizer_state_covers_only_the_trainable_tree():
+  params, frozen, batch = _frozen_problem()
+  frozen_before = jax.tree.map(np.asarray, frozen)
+  optimizer = train.make_optimizer(1e-2)
+  state = train.TrainState.create(params, optimizer, frozen=frozen)
+  step_fn = jax.jit(train.make_train_step(_frozen_loss_fn, optimizer, 0.9), donate_argnums=0)
+  for _ in range(3):
+    state, _ = step_fn(state, batch, jr.key(0))
+  # Bitwise the same frozen leaves after three (donating) steps.
+  jax.tree.map(np.testing.assert_array_equal, state.frozen, frozen_before)
+  # The optimiser state and the EMA have the structure of the trainable tree alone: Adam's moments
+  # mirror params (w, b), and no leaf of the frozen tree appears in them.
+  assert (jax.tree.structure(state.opt_state)
+          == jax.tree.structure(optimizer.init(params)))
+  assert jax.tree.structure(state.ema_params) == jax.tree.structure(params)
+  mu = state.opt_state[1][0].mu  # chain(clip, adamw): adamw's ScaleByAdamState
+  assert jax.tree.structure(mu) == jax.tree.structure(params)
+  # And the trainable tree did move.
+  assert not np.array_equal(state.params["w"], params["w"])
 
 
 def test_train_step_is_pure_and_keys_follow_the_step():
   optimizer = train.make_optimizer(1e-3)
   state = train.TrainState.create(_params(), optimizer)
-  step_fn = jax.jit(train.make_train_step(_loss_fn(), optimizer, ema_decay=0.9))
+  step_fn = jax.jit(train.make_train_step(_dsm_loss_fn, optimizer, ema_decay=0.9))
   batch = {"x0": jr.normal(jr.key(1), (8, 2))}
   a, ma = step_fn(state, batch, jr.key(3))
   b, mb = step_fn(state, batch, jr.key(3))
@@ -121,6 +165,54 @@ def test_train_step_is_pure_and_keys_follow_the_step():
   # Another step number folds in another key: other t and noise, another loss.
   _, mc = step_fn(state.replace(step=jnp.asarray(1, jnp.int32)), batch, jr.key(3))
   assert float(ma["loss"]) != float(mc["loss"])
+  assert set(ma) == {"loss", "eps_mse", "t", "grad_norm"}
+
+
+def _bilinear_players(scale):
+  """min_x max_y a x y as two players: x minimises a x y, y minimises -a x y; a per example."""
+  loss_x = lambda p, frozen, ex, key: {"loss": ex["a"] * p["x"] * p["y"], "xy": p["x"] * p["y"]}
+  loss_y = lambda p, frozen, ex, key: {"loss": -ex["a"] * p["x"] * p["y"]}
+  return {"x": (loss_x, optax.sgd(scale)), "y": (loss_y, optax.sgd(scale))}
+
+
+@pytest.mark.parametrize("order", [None, ("x", "y")])
+def test_two_player_bilinear_game_matches_its_closed_form(order):
+  """Gradient play on min_x max_y abar x y with step lr (abar: the batch mean of a):
+  simultaneous: (x, y) <- (x - h y, y + h x), h = lr abar: the matrix [[1, -h], [h, 1]] per step,
+  which spirals out by sqrt(1 + h^2); in turn (x first): x <- x - h y, then y <- y + h x_new,
+  [[1, -h], [h, 1 - h^2]], determinant 1 (bounded orbits). 50 steps against the matrix power."""
+  lr, steps = 0.1, 50
+  batch = {"a": jnp.array([0.5, 1.5, 1.0, 3.0])}  # abar = 1.5
+  h = lr * 1.5
+  step_fn = jax.jit(train.make_multi_train_step(_bilinear_players(lr), 0.5, order=order))
+  optimizers = {n: opt for n, (_, opt) in _bilinear_players(lr).items()}
+  state = train.TrainState.create({"x": jnp.array(1.0), "y": jnp.array(0.5)}, optimizers)
+  for _ in range(steps):
+    state, metrics = step_fn(state, batch, jr.key(0))
+  if order is None:
+    matrix = np.array([[1.0, -h], [h, 1.0]])
+  else:
+    matrix = np.array([[1.0, -h], [h, 1.0 - h**2]])
+  want = np.linalg.matrix_power(matrix, steps) @ np.array([1.0, 0.5])
+  got = np.array([state.params["x"], state.params["y"]])
+  np.testing.assert_allclose(got, want, rtol=1e-5)  # float32 over 50 steps
+  if order is None:  # spirals out: |z_n| = (1 + h^2)^(n/2) |z_0|, the simultaneous-GD divergence
+    np.testing.assert_allclose(np.linalg.norm(got), (1 + h**2) ** (steps / 2) * np.linalg.norm(
+        [1.0, 0.5]), rtol=1e-5)
+  assert set(metrics) == {"x/loss", "x/xy", "x/grad_norm", "y/loss", "y/grad_norm"}
+  assert int(state.step) == steps
+
+
+def test_two_player_step_differentiates_each_player_only_in_its_own_parameters():
+  """x's loss depends on y and y's on x; each gradient must be wrt the player's own tree: with
+  loss_x = x^2 y and loss_y = x y^2, simultaneous SGD gives x - lr 2 x y and y - lr 2 x y."""
+  players = {"x": (lambda p, f, ex, k: {"loss": p["x"] ** 2 * p["y"]}, optax.sgd(0.1)),
+             "y": (lambda p, f, ex, k: {"loss": p["x"] * p["y"] ** 2}, optax.sgd(0.1))}
+  state = train.TrainState.create({"x": jnp.array(2.0), "y": jnp.array(3.0)},
+                                  {n: o for n, (_, o) in players.items()})
+  state, metrics = train.make_multi_train_step(players, 0.0)(state, {"a": jnp.zeros(2)}, jr.key(0))
+  np.testing.assert_allclose([state.params["x"], state.params["y"]], [2 - 1.2, 3 - 1.2], rtol=1e-6)
+  np.testing.assert_allclose(metrics["x/grad_norm"], 12.0, rtol=1e-6)  # d(x^2 y)/dx = 2 x y
 
 
 def test_training_learns_the_exact_noise_prediction_of_a_gmm():
@@ -128,7 +220,7 @@ def test_training_learns_the_exact_noise_prediction_of_a_gmm():
   gmm = analytic.GaussianMixture.create([0.3, 0.7], [[-1.0, 0.5], [1.0, -0.5]], 0.05)
   exact = analytic.DiffusedMixture(gmm, SDE)
   optimizer = train.make_optimizer(3e-3, warmup_steps=20)
-  step_fn = train.make_train_step(_loss_fn(), optimizer, ema_decay=0.0)
+  step_fn = train.make_train_step(_dsm_loss_fn, optimizer, ema_decay=0.0)
 
   def gaussian_eps(x, t):
     # The best linear predictor: the exact eps if the data were N(mean, cov) of the mixture.
@@ -167,13 +259,25 @@ def test_training_learns_the_exact_noise_prediction_of_a_gmm():
 
 def test_train_errors():
   optimizer = train.make_optimizer(1e-3)
-  step_fn = train.make_train_step(_loss_fn(), optimizer, ema_decay=0.9)
+  step_fn = train.make_train_step(_dsm_loss_fn, optimizer, ema_decay=0.9)
   state = train.TrainState.create(_params(), optimizer)
   bad = {"x0": jnp.zeros((4, 2)), "label": jnp.zeros((3,), jnp.int32)}
   with pytest.raises(ValueError, match="leading batch axis"):
     step_fn(state, bad, jr.key(0))
+  no_loss = train.make_train_step(lambda p, f, ex, k: {"mse": jnp.sum(ex["x0"])}, optimizer, 0.9)
+  with pytest.raises(ValueError, match="field 'loss'"):
+    no_loss(state, {"x0": jnp.zeros((4, 2))}, jr.key(0))
+  vector = train.make_train_step(lambda p, f, ex, k: {"loss": ex["x0"]}, optimizer, 0.9)
+  with pytest.raises(ValueError, match="scalar per example"):
+    vector(state, {"x0": jnp.zeros((4, 2))}, jr.key(0))
   with pytest.raises(ValueError, match="ema_decay"):
-    train.make_train_step(_loss_fn(), optimizer, ema_decay=1.5)
+    train.make_train_step(_dsm_loss_fn, optimizer, ema_decay=1.5)
+  with pytest.raises(TypeError, match="make_multi_train_step"):
+    train.make_train_step(_dsm_loss_fn, {"a": optimizer}, ema_decay=0.9)
+  with pytest.raises(ValueError, match="order must list each player"):
+    train.make_multi_train_step(_bilinear_players(0.1), 0.9, order=("x",))
+  with pytest.raises(ValueError, match="one entry per player"):
+    train.TrainState.create({"x": jnp.zeros(())}, {"y": optimizer})
   with pytest.raises(ValueError, match="learning_rate"):
     train.make_optimizer(0.0)
   with pytest.raises(ValueError, match="decay_steps"):

@@ -12,9 +12,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  # One of: eight_gaussians, checkerboard, two_moons, swiss_roll, gaussian_mixture.
+  # One of: eight_gaussians, checkerboard, two_moons, swiss_roll, gaussian_mixture,
+  # labelled_mixture (gaussian_mixture with each example's component as its "label").
   config.data.name = "checkerboard"
-  # Used only by data.name=gaussian_mixture: a mixture with per-component diagonal variances.
+  # Where batches come from. One of: generated (a pure function of (key, step, rows)), array
+  # (data.num_examples drawn once, then read through grain, reshuffled each epoch, the iterator
+  # checkpointed), tfds (a prepared TFDS dataset through grain; never downloads).
+  config.data.source = "generated"
+  config.data.num_examples = 10_000  # source=array only
+  config.data.tfds_name = ""  # source=tfds only
+  config.data.tfds_split = "train"
+  config.data.tfds_data_dir = ""
+  # Used only by data.name=gaussian_mixture/labelled_mixture: per-component diagonal variances.
   config.data.mixture_weights = (0.5, 0.3, 0.2)
   config.data.mixture_means = ((-1.5, -0.5), (1.0, 1.0), (1.5, -1.5))
   config.data.mixture_variances = ((0.1, 0.3), (0.2, 0.05), (0.02, 0.02))
@@ -33,7 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.embed_dim = 64
   config.model.time_embedding = "fourier"  # One of: fourier, sinusoidal.
   config.model.fourier_scale = 16.0
-  config.model.num_classes = 0  # 0: unconditional.
+  config.model.num_classes = 0  # 0: unconditional; K > 0 needs labelled data (labels 0..K-1).
+  config.model.label_dropout = 0.1  # num_classes > 0: probability of training on the null label K
   config.model.prediction = "eps"  # One of: eps, score, x0, v.
 
   config.training = ml_collections.ConfigDict()

@@ -1,0 +1,1 @@
+"""Evaluations, one module per kind of data (toy: two-sample distances against exact draws)."""

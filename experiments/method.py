@@ -1,0 +1,41 @@
+"""What a method does, as a record of pure functions: the runner knows this record, never the method.
+
+A diffusion model, a VAE or a GAN is one more ``Method`` built by ``experiments/build.py``, not a
+fork of the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """The functions the runner calls.
+
+  init(key) -> TrainState: the step-0 state (trainable params, frozen tree, optimiser state).
+  train_step(state, batch, key) -> (state, metrics): pure (``diffusion_jax.train``); for a
+    single-player method ``make_train_step(loss_fn, ...)``, for a game ``make_multi_train_step``.
+  sample(params, keys, cond) -> {"x": (N, *shape), ...}: unjitted, vmapped over the N example keys
+    (and condition rows, or cond None); the runner jits it with shardings.
+  evaluate(draw, key) -> (summary, plot data): ``draw(num, cond)`` is the runner's sharded sampler
+    over the EMA parameters; one evaluation module per kind of data (``experiments/evaluate``).
+  example_shape: the shape of one example's "x0".
+  loss_fn: the per-example loss ``train_step`` was built from (None for games).
+  cond_key: the batch entry that conditions the model (None: unconditional).
+  null_cond: the condition meaning "unconditional" (classifier-free guidance, evaluation).
+  score_fn(params, cond=None) -> per-example score function (score-based methods; else None).
+  log_likelihood: optional per-example log-likelihood or bound (None where the method has none).
+  """
+
+  init: Callable
+  train_step: Callable
+  sample: Callable
+  evaluate: Callable
+  example_shape: tuple[int, ...]
+  loss_fn: Callable | None = None
+  cond_key: str | None = None
+  null_cond: object = None
+  score_fn: Callable | None = None
+  log_likelihood: Callable | None = None

@@ -1,0 +1,250 @@
+"""The training loop and the end-of-training evaluation, for any ``Method`` and any batch source.
+
+Workdir layout:
+  checkpoints/<step>/    orbax checkpoints: the state, plus the data iterator (experiments/checkpoints.py)
+  checkpoints_corrupted/ checkpoints that failed to restore, set aside (never deleted)
+  metrics.jsonl          one JSON record per logged step
+  tensorboard/           TensorBoard event files
+  config.json            the config of the latest run
+  samples.png            EMA-model samples over data samples
+  eval/summary.json      two-sample distances of the model next to the exact-vs-exact floor band
+
+Failures are loud: a step whose metrics or parameters are non-finite stops the run with a message
+naming the step and the last good checkpoint, which is never overwritten (a non-finite state is
+never saved). Files are written by process 0 only.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import jax
+import jax.random as jr
+import ml_collections
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from diffusion_jax import train as train_lib
+from experiments import build, keys, sharding
+from experiments.checkpoints import Checkpoints
+from experiments.evaluate import toy as evaluate_toy
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or the parameters became non-finite."""
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+
+def create_state(method, config, mesh) -> train_lib.TrainState:
+  """The step-0 state, replicated on the mesh (every leaf a global array)."""
+  init = jax.jit(lambda bits: method.init(jr.wrap_key_data(bits)),
+                 out_shardings=sharding.replicated(mesh))
+  return init(sharding.key_data(keys.key(config, keys.INIT)))
+
+
+def abstract_state(method, config, state_sharding) -> train_lib.TrainState:
+  shapes = jax.eval_shape(lambda bits: method.init(jr.wrap_key_data(bits)),
+                          sharding.key_data(keys.key(config, keys.INIT)))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=state_sharding),
+                      shapes)
+
+
+class MetricWriter:
+  """metrics.jsonl + TensorBoard on process 0; on resume, records past the restored step are dropped.
+
+  clu's metric writers were considered: ``clu.metric_writers`` imports TensorFlow at import time
+  (its summary writer), which this project does not install, so tensorboardX writes the events.
+  """
+
+  def __init__(self, workdir: pathlib.Path, start_step: int):
+    self.enabled = jax.process_index() == 0
+    if not self.enabled:
+      return
+    import tensorboardX  # lazily: only process 0 writes
+
+    self.path = workdir / "metrics.jsonl"
+    if self.path.exists():  # drop what an interrupted run logged after its last checkpoint
+      kept = [ln for ln in self.path.read_text().splitlines()
+              if ln.strip() and json.loads(ln)["step"] <= start_step]
+      self.path.write_text("".join(ln + "\n" for ln in kept))
+    self.tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"),
+                                         purge_step=start_step if start_step else None)
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    for name, value in scalars.items():
+      self.tb.add_scalar(f"train/{name}", float(value), step)
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tb.close()
+
+
+def _check_finite(pending: list, first_step: int, checkpoints: Checkpoints) -> None:
+  """Raise TrainingDiverged at the first step of ``pending`` whose metrics or params are non-finite."""
+  flags = [bool(sharding.to_host(finite)) for _, finite in pending]
+  if all(flags):
+    return
+  bad = flags.index(False)
+  step = first_step + bad + 1  # the step whose update produced the non-finite values
+  metrics = {k: float(v) for k, v in sharding.to_host(pending[bad][0]).items()}
+  checkpoints.manager.wait_until_finished()
+  good = checkpoints.steps()
+  where = (f"the last good checkpoint is step {good[-1]} in {checkpoints.path(good[-1])}, left "
+           "untouched" if good else "no checkpoint had been written yet")
+  raise TrainingDiverged(
+      f"Training diverged at step {step}: the loss or the parameters became non-finite "
+      f"(metrics {metrics}). Stopped without saving; {where}. Lower "
+      "config.training.learning_rate or set config.training.grad_clip_norm, then rerun to resume.")
+
+
+def train(config: ml_collections.ConfigDict, workdir, *, stop_at_step: int | None = None,
+          mesh=None, method=None) -> train_lib.TrainState:
+  """Train to ``config.training.num_steps``, resuming from the newest intact checkpoint in ``workdir``.
+
+  ``stop_at_step`` ends the loop early without a final checkpoint, as a preemption would (tests).
+  Returns the replicated final state.
+  """
+  workdir = pathlib.Path(workdir)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  method = build.build_method(config) if method is None else method
+  tc = config.training
+  _, lr_schedule = build.build_optimizer(config)
+  source = build.build_batch_source(config, mesh, keys.key(config, keys.DATA))
+  write_config(config, workdir)
+
+  checkpoints = Checkpoints(workdir, keep=tc.keep_checkpoints)
+  state, start_step = checkpoints.restore(abstract_state(method, config, sharding.replicated(mesh)),
+                                          source.checkpoint_item)
+  if state is None:
+    state, start_step = create_state(method, config, mesh), 0
+  else:
+    logging.info("Resumed from the checkpoint at step %d in %s.", start_step, workdir)
+  source.resume(start_step)
+
+  step_fn = sharding.make_sharded_train_step(method.train_step, mesh)
+  train_key = sharding.key_data(keys.key(config, keys.TRAIN))
+  writer = MetricWriter(workdir, start_step)
+  end_step = tc.num_steps if stop_at_step is None else min(stop_at_step, tc.num_steps)
+  try:
+    progress = tqdm(total=tc.num_steps, initial=start_step, disable=jax.process_index() != 0,
+                    desc="train", dynamic_ncols=True)
+    pending, checked, logged, tic = [], start_step, [], time.perf_counter()
+    for step in range(start_step, end_step):
+      state, step_metrics, finite = step_fn(state, source.batch(step), train_key)
+      pending.append((step_metrics, finite))
+      done = step + 1
+      progress.update(1)
+      log = done % tc.log_every == 0 or done == tc.num_steps
+      save = done % tc.checkpoint_every == 0 or done == tc.num_steps
+      if log or save:  # one host sync per log/checkpoint, not per step
+        _check_finite(pending, checked, checkpoints)
+        logged.extend(m for m, _ in pending)
+        pending, checked = [], done
+      if log:
+        means = _mean_metrics(logged)
+        toc = time.perf_counter()
+        means["learning_rate"] = float(lr_schedule(step))
+        means["steps_per_sec"] = len(logged) / (toc - tic)
+        writer.write(done, means)
+        if "loss" in means:
+          progress.set_postfix(loss=f"{means['loss']:.4f}")
+        logged, tic = [], toc
+      if save:
+        checkpoints.save(done, state, source.checkpoint_item)
+    progress.close()
+  finally:
+    checkpoints.close()
+    writer.close()
+  return state
+
+
+def _mean_metrics(pending: list[dict]) -> dict:
+  host = [sharding.to_host(m) for m in pending]
+  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def make_draw(method, params, config, mesh, *, progress: bool = False):
+  """``draw(num, cond) -> host dict``: the method's sharded sampler over ``params``, examples in
+  chunks of config.sampling.batch_size, example n with key fold_in(sampling_key, n)."""
+  program = sharding.make_sharded_sampler(method.sample, mesh)
+
+  def draw(num, cond=None):
+    with tqdm(total=num, desc="sample", disable=not progress or jax.process_index() != 0,
+              dynamic_ncols=True) as bar:
+      return sharding.draw(program, params, keys.sampling_key(config), num=num, mesh=mesh,
+                           cond=cond, batch_size=config.sampling.batch_size, progress=bar)
+
+  return draw
+
+
+def sampler_summary(config) -> dict:
+  """The configured sampler and grid, for summaries."""
+  sc = config.sampling
+  sampler = build.build_sampler(config)
+  ts = np.asarray(build.build_time_grid(config, build.build_sde(config)))
+  return {"name": sc.sampler, "repr": repr(sampler), "grid": sc.grid, "num_steps": len(ts) - 1,
+          "t_min": float(ts[-1])}
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir, state: train_lib.TrainState, *,
+             mesh=None, method=None) -> dict:
+  """Sample the EMA model, write samples.png and eval/summary.json; returns the summary."""
+  workdir = pathlib.Path(workdir)
+  mesh = sharding.make_mesh() if mesh is None else mesh
+  method = build.build_method(config) if method is None else method
+  tic = time.perf_counter()
+  summary, plot = method.evaluate(make_draw(method, state.ema_params, config, mesh),
+                                  keys.eval_key(config))
+  seconds = time.perf_counter() - tic
+  if jax.process_index() != 0:
+    return {}
+  step = int(sharding.to_host(state.step))
+  summary = {"step": step, **summary,
+             "sampler": {**sampler_summary(config), "nfe_mean": summary["nfe_mean"],
+                         "seconds": seconds}}
+  (workdir / "eval").mkdir(parents=True, exist_ok=True)
+  (workdir / "eval" / "summary.json").write_text(json.dumps(summary, indent=2))
+  evaluate_toy.plot_samples(workdir / "samples.png", plot["samples"], plot["reference"],
+                            f"model (EMA) at step {step}", labels=plot.get("labels"))
+  return summary
+
+
+def headline(summary: dict) -> str:
+  """One line of the evaluation's numbers."""
+  def line(part):
+    model = part["model_vs_data"]
+    if model is None:
+      return f"{part['num_nonfinite_samples']} non-finite samples, not scored"
+    return ", ".join(f"{k} {model[k]:.3g} (band <= {part['floor_band_hi'][k]:.3g})" for k in model)
+
+  if "classes" in summary:
+    parts = [f"class {k}: {line(v)}" for k, v in summary["classes"].items()]
+    parts.append(f"null label: {line(summary['unconditional'])}")
+    return "; ".join(parts)
+  return line(summary)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Train (resuming if a checkpoint exists), then sample and evaluate the EMA model."""
+  mesh = sharding.make_mesh()
+  method = build.build_method(config)
+  state = train(config, workdir, mesh=mesh, method=method)
+  summary = evaluate(config, workdir, state, mesh=mesh, method=method)
+  if summary:
+    print(f"Step {summary['step']}: model vs exact data (floor band: mean + 3 std of exact vs "
+          f"exact) {headline(summary)}. Wrote {pathlib.Path(workdir) / 'samples.png'} and "
+          f"{pathlib.Path(workdir) / 'eval' / 'summary.json'}.")
+  return summary
