@@ -215,22 +215,33 @@ def _check_times(config: ml_collections.ConfigDict, sde) -> None:
       raise ConfigError(f"config.{path} must lie in (0, T) = (0, {float(sde.T):g}), got {value!r}.")
 
 
+def _build(section: str, fn, *args):
+  """fn(*args); an error from a library constructor that names no config key gets its section."""
+  try:
+    return fn(*args)
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    message = str(e)
+    raise ConfigError(message if "config." in message else f"config.{section}: {message}") from e
+
+
 def _build_everything(config: ml_collections.ConfigDict) -> None:
   """Build each piece once (cheap: no network initialisation); build.py names bad string keys."""
   from experiments import build
 
-  sde = build.build_sde(config)
+  sde = _build("sde", build.build_sde, config)
   _check_times(config, sde)
-  build.build_model(config)
-  build.build_prediction(config)
-  build.build_weighting(config)
-  build.build_dataset(config)
-  build.build_optimizer(config)
-  build.build_sampler(config)
-  build.build_time_grid(config, sde)
-  build.build_denoise_final(config)
-  build.build_divergence(config)
-  build.build_flow_variable(config, sde)
+  _build("model", build.build_model, config)
+  _build("model", build.build_prediction, config)
+  _build("training", build.build_weighting, config)
+  _build("data", build.build_dataset, config)
+  _build("training", build.build_optimizer, config)
+  _build("sampling", build.build_sampler, config)
+  _build("sampling", build.build_time_grid, config, sde)
+  _build("sampling", build.build_denoise_final, config)
+  _build("likelihood", build.build_divergence, config)
+  _build("likelihood", build.build_flow_variable, config, sde)
   c = config.likelihood
   estimators = ("ode",) if c.num_levels == 0 else ("ode", "ddpm_elbo")
   if c.estimator not in estimators:
@@ -247,12 +258,7 @@ def validate(config: ml_collections.ConfigDict, mode: str = "train") -> None:
   if mode not in MODES:
     raise ConfigError(f"mode must be one of {MODES}, got {mode!r}.")
   _check_numbers(config)
-  try:
-    _build_everything(config)
-  except ConfigError:
-    raise
-  except (ValueError, TypeError) as e:  # build.py and the library constructors name the key
-    raise ConfigError(str(e)) from e
+  _build_everything(config)
   _check_devices(config)
 
 
