@@ -5,8 +5,8 @@
   python -m experiments.main --workdir=/tmp/toy2d --mode=sample --config.sampling.sampler=ipndm
   python -m experiments.main --workdir=/tmp/toy2d --mode=eval_likelihood --checkpoint_step=5000
   # two processes on one machine (or one per host, with the coordinator's address):
-  python -m experiments.main --config=... --workdir=... --coordinator_address=127.0.0.1:1234 \
-      --num_processes=2 --process_id=0
+  python -m experiments.main --config=... --workdir=... --coordinator_address=127.0.0.1:1234
+      --num_processes=2 --process_id=0   (the same line)
   # on a cluster that JAX detects (SLURM, Cloud TPU, ...):
   python -m experiments.main --config=... --workdir=... --distributed
 """
@@ -63,10 +63,7 @@ def _config():
     if FLAGS.checkpoint_step is not None:
       raise app.UsageError("--checkpoint_step is for --mode=sample and --mode=eval_likelihood.")
     return FLAGS.config
-  from_file = FLAGS.config is not None and not workdir_lib.config_is_saved(FLAGS["config"])
-  overrides = list(config_flags.get_override_values(FLAGS["config"])) if FLAGS.config else []
-  return workdir_lib.resolve_config(FLAGS.config, FLAGS.workdir, from_file=from_file,
-                                    overrides=overrides)
+  return workdir_lib.config_from_flags(FLAGS["config"], FLAGS.workdir)
 
 
 def _sample(config, step) -> None:

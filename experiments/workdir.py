@@ -153,10 +153,15 @@ def parse_flags(argv):
   """absl ``flags_parser`` for ``app.run``: injects the saved config, checks override keys."""
   from absl import app
 
+  # absl's own --help exits with status 1; asking for help is not an error.
+  if any(a in ("--help", "-help", "-h", "-?", "--helpshort") for a in argv[1:]):
+    app.usage(shorthelp=True, writeto_stdout=True, exitcode=0)
+  if "--helpfull" in argv[1:]:
+    app.usage(shorthelp=False, writeto_stdout=True, exitcode=0)
   argv = with_saved_config(argv)
   spec = _flag_value(argv, "config")
   paths = override_paths(argv)
-  if spec is not None and paths and not any(a in ("--help", "--helpfull", "-h") for a in argv):
+  if spec is not None and paths:
     from experiments import validate
 
     try:
@@ -217,6 +222,17 @@ def resolve_config(config: ml_collections.ConfigDict | None, workdir, *, from_fi
         "a checkpoint is evaluated with the model, SDE, data and training settings it was trained "
         f"with. Omit it (the workdir remembers its run: {pathlib.Path(workdir) / CONFIG_FILE}).")
   return config
+
+
+def config_from_flags(config_flag, workdir) -> ml_collections.ConfigDict:
+  """``resolve_config`` for a parsed ml_collections --config flag (``FLAGS["config"]``)."""
+  from ml_collections import config_flags
+
+  config = config_flag.value
+  if config is None:
+    return resolve_config(None, workdir, from_file=False)
+  return resolve_config(config, workdir, from_file=not config_is_saved(config_flag),
+                        overrides=list(config_flags.get_override_values(config_flag)))
 
 
 def _value_at(config, field: str):
