@@ -68,7 +68,7 @@ def test_likelihood_density_reads_the_workdir_config(tmp_path):
   """A VE run, plotted without --config: the figure uses the saved config (VE, in sigma)."""
   config = toy2d_tiny.get_config()
   config.sde.name, config.data.name = "ve", "eight_gaussians"
-  config.training.num_steps, config.training.checkpoint_every = 2, 2
+  config.training.num_steps, config.training.checkpoint_every, config.training.warmup_steps = 2, 2, 1
   run_lib.train(config, tmp_path / "run")
   workdir_lib.save_config(tmp_path / "run", config)
   proc = _script("likelihood_density", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path}",

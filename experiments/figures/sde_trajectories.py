@@ -87,7 +87,7 @@ def main(argv):
     ax.set_xlabel("time t"), ax.set_title(title)
   axes[0].set_ylabel("x")
   bar = fig.colorbar(im, ax=list(axes), fraction=0.02, pad=0.01, extend="max")
-  bar.set_label("exact density p_t(x) (colour saturates at its 99th percentile)")
+  bar.set_label("exact density p_t(x); the arrow: above its 99th percentile")
   fig.suptitle(f"1-D mixture under the {args.sde.upper()} SDE: exact p_t(x) and trajectories")
   exact = gmm.sample(jr.key(4), args.num)[:, 0]
   end_stats = lambda x: {"mean": float(np.mean(x)), "std": float(np.std(x)),
