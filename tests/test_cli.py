@@ -170,6 +170,7 @@ def test_batch_size_must_divide_over_the_devices():
   assert jax.device_count() == 8  # tests/conftest.py forces 8 host devices
   with pytest.raises(validate.ConfigError, match=r"config\.training\.batch_size=12 .*devices \(8\)"):
     validate.validate(_tiny(training__batch_size=12))
+  validate.validate(_tiny(training__batch_size=12), "sample")  # only training splits that batch
 
 
 def test_unknown_override_keys_name_the_nearest_fields():

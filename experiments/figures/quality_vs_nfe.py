@@ -101,6 +101,9 @@ def main(argv):
                             f"within +-{linthresh:.1e})"),
                      (ax_p, "RMS distance to a converged ODE solve\nfrom the same initial noise")):
     ax.set_xscale("log"), ax.set_xlabel("network evaluations (NFE)"), ax.set_ylabel(ylabel)
+    ticks = sorted({r["nfe"] for res in results.values() for r in res["rows"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks])  # plain numbers, not 4 x 10^0
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.grid(True, which="both", alpha=0.3)
   ax_e.legend(fontsize=7, ncol=2)
   ax_p.legend(fontsize=7)
