@@ -11,11 +11,13 @@ scored in nats/dim by the probability-flow ODE; discrete data (config.likelihood
 are dequantized and scored in bits/dim, or bounded by the DDPM ELBO. Where the data law is a known
 Gaussian mixture, the true log-density of the same examples is reported next to the model's.
 
-Writes DIR/likelihood/<estimator>_step<ckpt>.json (summary) and .npz (per-example values).
+Writes DIR/likelihood/<stem>.json (summary) and .npz (per-example values), the stem naming every
+setting that changes the numbers (``output_stem``), so one evaluation never overwrites another.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -33,12 +35,12 @@ from diffusion_jax.sampling import example_keys
 from experiments import build
 from experiments import run as run_lib
 
-def _make_score_batch(config, sde, score_fn, divergence, variable):
-  """jit(vmap) of the per-example estimate: (x, keys) -> dict of per-example arrays."""
+def _per_example_fn(config, sde, divergence, variable):
+  """The per-example estimate (score_fn, x, key) -> dict of scalars, for config.likelihood."""
   c = config.likelihood
   kwargs = dict(t_min=c.t_min, rtol=c.rtol, atol=c.atol, divergence=divergence, variable=variable)
 
-  def ode_logp(x, key):
+  def ode_logp(score_fn, x, key):
     return likelihood.log_likelihood(sde, score_fn, x, key=key, **kwargs)
 
   if c.num_levels == 0:
@@ -46,8 +48,8 @@ def _make_score_batch(config, sde, score_fn, divergence, variable):
       raise ValueError(f"config.likelihood.estimator={c.estimator!r} needs discrete data "
                        "(config.likelihood.num_levels > 0); continuous data use 'ode'.")
 
-    def one(x, key):
-      out = ode_logp(x, key)
+    def one(score_fn, x, key):
+      out = ode_logp(score_fn, x, key)
       return {"logp": out.logp, "logp_se": out.logp_se, "nfe": out.nfe, "success": out.success}
   else:
     levels, data_range = c.num_levels, tuple(c.data_range)
@@ -58,20 +60,48 @@ def _make_score_batch(config, sde, score_fn, divergence, variable):
       return jnp.clip(jnp.round((x - lo) * (levels - 1) / (hi - lo)), 0, levels - 1).astype(jnp.int32)
 
     if c.estimator == "ode":
-      def one(x, key):
-        bpd = likelihood.bits_per_dim(lambda xd, k: ode_logp(xd, k).logp, to_pixels(x), key=key,
-                                      num_draws=c.num_dequant_draws, num_levels=levels,
+      def one(score_fn, x, key):
+        bpd = likelihood.bits_per_dim(lambda xd, k: ode_logp(score_fn, xd, k).logp, to_pixels(x),
+                                      key=key, num_draws=c.num_dequant_draws, num_levels=levels,
                                       data_range=data_range)
         return {"bpd": bpd.bpd, "bpd_se": bpd.bpd_se}
     elif c.estimator == "ddpm_elbo":
-      def one(x, key):
+      def one(score_fn, x, key):
         out = likelihood.ddpm_elbo(sde, score_fn, to_pixels(x), key=key, num_steps=c.elbo_steps,
                                    num_levels=levels, data_range=data_range)
         return {"bpd": out.bpd}
     else:
       raise ValueError(f"Unknown config.likelihood.estimator={c.estimator!r}; expected one of "
                        "'ode', 'ddpm_elbo'.")
-  return jax.jit(jax.vmap(one))
+  return one
+
+
+def _settings_key(config) -> tuple:
+  """config.likelihood as a hashable value: what the compiled estimate depends on."""
+  return tuple(sorted((k, tuple(v) if isinstance(v, (list, tuple)) else v)
+                      for k, v in config.likelihood.items()))
+
+
+@functools.lru_cache(maxsize=16)
+def _score_program(settings: tuple, sde, divergence, variable):
+  """jit(vmap) over examples of the estimate; the score function is an argument, not a constant.
+
+  Cached on everything static (config.likelihood, the SDE, the strategies): a new checkpoint is a
+  new score_fn pytree of the same structure, so it reuses this compilation, and the parameters
+  never become constants of the compiled program.
+  """
+  config = ml_collections.ConfigDict({"likelihood": dict(settings)})
+  one = _per_example_fn(config, sde, divergence, variable)
+  return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
+
+
+def _make_score_batch(config, sde, divergence, variable):
+  """(score_fn, x, keys) -> dict of per-example arrays, compiled once per set of static settings."""
+  settings = _settings_key(config)
+  try:
+    return _score_program(settings, sde, divergence, variable)
+  except TypeError:  # an unhashable strategy (one holding arrays): compile for this call only
+    return _score_program.__wrapped__(settings, sde, divergence, variable)
 
 
 def evaluate_likelihood(config: ml_collections.ConfigDict, score_fn, sde, dataset, *,
@@ -83,7 +113,7 @@ def evaluate_likelihood(config: ml_collections.ConfigDict, score_fn, sde, datase
                      f"got {c.num_samples} and {c.batch_size}.")
   divergence = build.build_divergence(config)
   variable = build.build_flow_variable(config, sde)
-  score_batch = _make_score_batch(config, sde, score_fn, divergence, variable)
+  score_batch = _make_score_batch(config, sde, divergence, variable)
   data_key, estimate_key = jr.split(run_lib.likelihood_key(config))
   batch_size = min(c.batch_size, c.num_samples)
   chunks = []
@@ -92,7 +122,7 @@ def evaluate_likelihood(config: ml_collections.ConfigDict, score_fn, sde, datase
     for offset in range(0, c.num_samples, batch_size):
       # Padded to a full batch so every chunk reuses one compilation.
       x = jax.vmap(dataset.sample_fn)(example_keys(data_key, batch_size, offset))
-      out = score_batch(x, example_keys(estimate_key, batch_size, offset))
+      out = score_batch(score_fn, x, example_keys(estimate_key, batch_size, offset))
       chunks.append(jax.device_get({"x": x, **out}))
       bar.update(min(batch_size, c.num_samples - offset))
   return {k: np.concatenate([ch[k] for ch in chunks])[:c.num_samples] for k in chunks[0]}
@@ -102,10 +132,35 @@ def _mean_and_se(values: np.ndarray) -> tuple[float, float]:
   return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else 0.0
 
 
-def run(config: ml_collections.ConfigDict, workdir) -> dict:
-  """Restore the EMA model, estimate the test-set log-likelihood, write .json and .npz."""
+def output_stem(config: ml_collections.ConfigDict, sde, step: int) -> str:
+  """The file name of one evaluation: every setting that changes its numbers is in it.
+
+  e.g. ode_exact_in-t_rtol1e-05_atol1e-05_tmin1e-05_n1000_seed0_step10000; Hutchinson adds its
+  probe and count (hutchinson-rademacher4), discrete data their levels, range and draws (or the
+  ELBO's steps). The batch size is absent: by design it does not change the numbers.
+  """
+  c = config.likelihood
+  divergence = (f"hutchinson-{c.probe}{c.num_probes}" if c.divergence == "hutchinson"
+                else c.divergence)
+  variable = type(build.build_flow_variable(config, sde)).__name__  # "auto" resolved
+  variable = {"InTime": "t", "InSigma": "sigma"}.get(variable, variable)
+  parts = [c.estimator]
+  if c.estimator == "ode":
+    parts += [divergence, f"in-{variable}", f"rtol{c.rtol:g}", f"atol{c.atol:g}"]
+  parts.append(f"tmin{c.t_min:g}")
+  if c.num_levels:
+    lo, hi = c.data_range
+    parts.append(f"levels{c.num_levels}-range{lo:g},{hi:g}")
+    parts.append(f"draws{c.num_dequant_draws}" if c.estimator == "ode" else f"steps{c.elbo_steps}")
+  parts += [f"n{c.num_samples}", f"seed{config.seed}", f"step{step}"]
+  return "_".join(parts)
+
+
+def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) -> dict:
+  """Restore the EMA model (latest checkpoint, or ``step``), estimate the test-set
+  log-likelihood, write DIR/likelihood/<output_stem>.json and .npz, print the headline."""
   workdir = pathlib.Path(workdir)
-  score_fn, sde, state = run_lib.restore_model(config, workdir)
+  score_fn, sde, state = run_lib.restore_model(config, workdir, step=step)
   dataset = build.build_dataset(config)
   c = config.likelihood
   tic = time.perf_counter()
@@ -115,11 +170,12 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
   if jax.process_index() != 0:
     return {}
   step = int(np.asarray(jax.device_get(state.step)))
-  dim = dataset.dim
+  dim = int(np.prod(values["x"].shape[1:]))  # per example, whatever its shape
   summary = {
       "checkpoint_step": step, "estimator": c.estimator, "num_samples": c.num_samples,
       "sde": type(sde).__name__, "t_min": c.t_min, "seconds": seconds,
       "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in c.items()},
+      "seed": config.seed,
   }
   if "logp" in values:
     nats, nats_se = _mean_and_se(-values["logp"] / dim)
@@ -139,7 +195,7 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
     summary["bits_per_dim"], summary["bits_per_dim_se"] = _mean_and_se(values["bpd"])
   out_dir = workdir / "likelihood"
   out_dir.mkdir(parents=True, exist_ok=True)
-  stem = f"{c.estimator}_step{step}"
+  stem = output_stem(config, sde, step)
   np.savez(out_dir / f"{stem}.npz", **values)
   (out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2))
   headline = (f"{summary['nll_nats_per_dim']:.4f} +- {summary['nll_nats_per_dim_se']:.4f} nats/dim"
@@ -147,5 +203,9 @@ def run(config: ml_collections.ConfigDict, workdir) -> dict:
               f"{summary['bits_per_dim']:.4f} +- {summary['bits_per_dim_se']:.4f} bits/dim")
   if "true_nll_nats_per_dim" in summary:
     headline += f" (true density of the same examples: {summary['true_nll_nats_per_dim']:.4f})"
-  print(f"Step {step}: test NLL {headline}. Wrote {out_dir / stem}.json.")
+  if "num_failed" in summary:
+    headline += (f"; NFE {summary['nfe_mean']:.0f} mean, {summary['nfe_max']} max; "
+                 f"{summary['num_failed']} failed solves")
+  print(f"Step {step}: test NLL of {c.num_samples} examples {headline} ({seconds:.1f} s).\n"
+        f"Wrote {out_dir / stem}.json (summary) and {stem}.npz (per-example values).")
   return summary

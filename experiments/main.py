@@ -1,29 +1,44 @@
-"""Command line entry point: parse flags, join a multi-process job if asked, dispatch.
+"""Command line entry point: parse flags, check the config, join a multi-process job, dispatch.
 
   python -m experiments.main --config=experiments/configs/toy2d.py --workdir=/tmp/toy2d
-  python -m experiments.main --config=... --workdir=... --mode=sample
+  # the workdir remembers its config: sample or score it with only the settings that change
+  python -m experiments.main --workdir=/tmp/toy2d --mode=sample --config.sampling.sampler=ipndm
+  python -m experiments.main --workdir=/tmp/toy2d --mode=eval_likelihood --checkpoint_step=5000
   # two processes on one machine (or one per host, with the coordinator's address):
-  python -m experiments.main --config=... --workdir=... --coordinator_address=127.0.0.1:1234 \
-      --num_processes=2 --process_id=0
+  python -m experiments.main --config=... --workdir=... --coordinator_address=127.0.0.1:1234
+      --num_processes=2 --process_id=0   (the same line)
   # on a cluster that JAX detects (SLURM, Cloud TPU, ...):
   python -m experiments.main --config=... --workdir=... --distributed
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import validate
+from experiments import workdir as workdir_lib
+
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval_likelihood"], "What to run.")
+config_flags.DEFINE_config_file(
+    "config", None,
+    "Path to an ml_collections config file; required to train. --mode=sample and "
+    "--mode=eval_likelihood default to the config saved in --workdir at training time. Any field "
+    "can be overridden with --config.<section>.<field>=VALUE.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (required).")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval_likelihood"],
+                  "train: train (resuming from the latest checkpoint), then sample and evaluate; "
+                  "sample: draw samples from a checkpoint; eval_likelihood: test-set "
+                  "log-likelihood of a checkpoint.")
+flags.DEFINE_integer("checkpoint_step", None,
+                     "--mode=sample / eval_likelihood: the checkpoint to use (default: the latest).")
 flags.DEFINE_bool("distributed", False,
                   "Join a multi-process job described by the cluster environment "
                   "(jax.distributed.initialize() auto-detection).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a multi-process job.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in the multi-process job.")
 flags.DEFINE_integer("process_id", None, "Index of this process in the multi-process job.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flag_as_required("workdir")
 
 
 def _join_job() -> None:
@@ -40,26 +55,57 @@ def _join_job() -> None:
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
+def _config():
+  """The run's config: --config (+ overrides), or for evaluation the workdir's saved one."""
+  if FLAGS.mode == "train":
+    if FLAGS.config is None:
+      raise app.UsageError("--mode=train needs --config.")
+    if FLAGS.checkpoint_step is not None:
+      raise app.UsageError("--checkpoint_step is for --mode=sample and --mode=eval_likelihood.")
+    return FLAGS.config
+  return workdir_lib.config_from_flags(FLAGS["config"], FLAGS.workdir)
+
+
+def _sample(config, step) -> None:
+  from experiments import sampling
+
+  # sampling.run takes step= once the runner stream adds it; without --checkpoint_step it samples
+  # the latest checkpoint, which check_checkpoint_step has found.
+  kwargs = {} if FLAGS.checkpoint_step is None else {"step": step}
+  summary = sampling.run(config, FLAGS.workdir, **kwargs)
+  if summary:
+    distances = summary.get("model_vs_data", {})
+    print(f"Step {summary['checkpoint_step']}: {summary['num_samples']} samples, NFE "
+          f"{summary['nfe_mean']:.0f}, {summary['num_nonfinite_samples']} non-finite; model vs "
+          "data: " + ", ".join(f"{k} {v:.4g}" for k, v in distances.items())
+          + f". Wrote .npz, .png and .json to {FLAGS.workdir}/samples/.")
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if not FLAGS["verbosity"].present:
     # Orbax logs dozens of INFO lines per checkpoint; keep the progress bar readable.
     logging.set_verbosity(logging.WARNING)
-  _join_job()
+  try:
+    config = _config()
+    _join_job()
+    validate.validate(config, FLAGS.mode)
+    step = (None if FLAGS.mode == "train" else
+            workdir_lib.check_checkpoint_step(FLAGS.workdir, FLAGS.checkpoint_step))
+  except (validate.ConfigError, workdir_lib.WorkdirError) as e:
+    sys.exit(f"Error: {e}")
   if FLAGS.mode == "train":
     from experiments import run
 
-    run.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    run.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == "sample":
-    from experiments import sampling
-
-    sampling.run(FLAGS.config, FLAGS.workdir)
+    _sample(config, step)
   elif FLAGS.mode == "eval_likelihood":
     from experiments import likelihood_eval
 
-    likelihood_eval.run(FLAGS.config, FLAGS.workdir)
+    likelihood_eval.run(config, FLAGS.workdir, step=step)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=workdir_lib.parse_flags)

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import flax
 import numpy as np
 import pytest
 
@@ -32,10 +33,15 @@ def trained(tmp_path_factory):
   return workdir
 
 
-def test_eval_likelihood_writes_json_and_npz(trained):
+STEM6 = "ode_exact_in-t_rtol1e-05_atol1e-05_tmin1e-05_n40_seed0_step6"
+
+
+def test_eval_likelihood_writes_json_and_npz(trained, capsys):
   summary = likelihood_eval.run(_config(), trained)
-  stem = trained / "likelihood" / "ode_step6"
-  saved = json.loads((stem.parent / "ode_step6.json").read_text())
+  stem = trained / "likelihood" / STEM6
+  saved = json.loads(stem.with_suffix(".json").read_text())
+  printed = capsys.readouterr().out
+  assert f"{stem}.json" in printed and f"{STEM6}.npz" in printed and "nats/dim" in printed
   assert saved["checkpoint_step"] == 6 and saved["num_samples"] == 40
   values = np.load(f"{stem}.npz")
   assert values["logp"].shape == (40,) and np.all(np.isfinite(values["logp"]))
@@ -51,10 +57,61 @@ def test_eval_likelihood_writes_json_and_npz(trained):
   # values up to the solver's tolerance: another batch size fuses float32 arithmetic differently,
   # which can flip a step's accept/reject decision (differences of ~4e-4 nats seen at 1e-5).
   whole = likelihood_eval.run(_config(batch_size=40), trained)
-  rerun = np.load(f"{stem}.npz")
+  rerun = np.load(f"{stem}.npz")  # the same file: batch size is not part of the name
   np.testing.assert_array_equal(rerun["x"], values["x"])
   np.testing.assert_allclose(rerun["logp"], values["logp"], atol=2e-3)
   assert whole["num_samples"] == 40
+
+
+class _Traces:
+  """A trace counter (hashed by identity, so it can be a static field of a pytree)."""
+  count = 0
+
+
+class _CountingScore(flax.struct.PyTreeNode):
+  """A score function that counts how often JAX traces it (a Python side effect at trace time)."""
+  inner: object
+  traces: _Traces = flax.struct.field(pytree_node=False)
+
+  def __call__(self, x, t):
+    self.traces.count += 1
+    return self.inner(x, t)
+
+
+def test_two_checkpoints_share_one_compilation(trained):
+  """The score function is an argument of the compiled estimate, not a constant inside it: a
+  second checkpoint (new parameters, same structure) is not traced again. Fails with the
+  parameters closed into the jitted function (one trace per checkpoint)."""
+  config = _config(num_samples=8, batch_size=8, rtol=1e-3, atol=1e-3)
+  dataset = data.eight_gaussians()
+  traces, values, counts = _Traces(), [], []
+  score_fn, sde, _ = run_lib.restore_model(config, trained, step=4)
+  for step in (4, 6):
+    # One network definition, the parameters of each checkpoint (restore_model builds a new
+    # flax module per call, and a bound method of a new module is a new static field).
+    params = run_lib.restore_model(config, trained, step=step)[0].params
+    values.append(likelihood_eval.evaluate_likelihood(
+        config, _CountingScore(score_fn.replace(params=params), traces), sde, dataset,
+        progress=False))
+    counts.append(traces.count)
+  assert counts[0] > 0 and counts[1] == counts[0]  # traced for the first checkpoint only
+  # ...and the second checkpoint's own parameters were used (not the first's, baked in).
+  assert not np.array_equal(values[0]["logp"], values[1]["logp"])
+
+
+def test_output_files_are_named_by_their_settings(trained):
+  """Two evaluations that differ in one setting write two files; neither overwrites the other."""
+  names = set()
+  for settings in [dict(), dict(rtol=1e-3), dict(divergence="hutchinson", num_probes=2),
+                   dict(t_min=1e-3)]:
+    config = _config(num_samples=8, batch_size=8, **settings)
+    likelihood_eval.run(config, trained, step=4)
+    score_fn, sde, _ = run_lib.restore_model(config, trained, step=4)
+    names.add(likelihood_eval.output_stem(config, sde, 4))
+  assert len(names) == 4
+  written = {p.stem for p in (trained / "likelihood").glob("*_n8_seed0_step4.json")}
+  assert names <= written
+  assert "ode_hutchinson-rademacher2_in-t_rtol1e-05_atol1e-05_tmin1e-05_n8_seed0_step4" in names
 
 
 def test_exact_score_recovers_the_true_test_nll():

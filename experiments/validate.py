@@ -1,0 +1,297 @@
+"""Every config value checked before any work starts: ``validate(config, mode)``.
+
+main.py calls it before dispatch, so a bad sampler name, a zero count or a probability of 1.5
+fails in the first second with a message naming ``config.x.y`` and what was expected, instead of
+after training (or as a ZeroDivisionError from inside the loop). Two layers: explicit checks of
+every numeric field below, then every piece built once through ``experiments/build.py`` (which
+names the key of an unknown string choice).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+
+import ml_collections
+
+MODES = ("train", "sample", "eval_likelihood")
+
+
+class ConfigError(ValueError):
+  """A config value (or a config key on the command line) that cannot be run."""
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class _Checker:
+  """Checks fields of one config; a field absent from the config is skipped (configs differ)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+
+  def get(self, path: str):
+    value = self.config
+    for part in path.split("."):
+      if not isinstance(value, ml_collections.ConfigDict) or part not in value:
+        return _ABSENT
+      value = value[part]
+    return value
+
+  def int(self, path: str, minimum: int = 1, maximum: int | None = None) -> None:
+    value = self.get(path)
+    if value is _ABSENT:
+      return
+    bounds = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+      raise ConfigError(f"config.{path} must be an integer {bounds}, got {value!r}.")
+
+  def real(self, path: str, *, low: float = -math.inf, high: float = math.inf,
+           low_open: bool = False, high_open: bool = False) -> None:
+    value = self.get(path)
+    if value is _ABSENT:
+      return
+    ok = (_is_real(value) and math.isfinite(value)
+          and (value > low if low_open else value >= low)
+          and (value < high if high_open else value <= high))
+    if not ok:
+      lo = f"{'(' if low_open else '['}{low:g}"
+      hi = f"{high:g}{')' if high_open else ']'}"
+      raise ConfigError(f"config.{path} must be a finite number in {lo}, {hi}, got {value!r}.")
+
+  def positive(self, path: str) -> None:
+    self.real(path, low=0.0, low_open=True)
+
+  def nonnegative(self, path: str) -> None:
+    self.real(path, low=0.0)
+
+  def probability(self, path: str) -> None:
+    self.real(path, low=0.0, high=1.0)
+
+  def less(self, path_lo: str, path_hi: str, *, strict: bool = True) -> None:
+    lo, hi = self.get(path_lo), self.get(path_hi)
+    if lo is _ABSENT or hi is _ABSENT:
+      return
+    if not (lo < hi if strict else lo <= hi):
+      raise ConfigError(f"config.{path_lo} must be {'<' if strict else '<='} config.{path_hi}, got "
+                        f"{lo!r} and {hi!r}.")
+
+
+_ABSENT = object()
+
+
+def _check_numbers(config: ml_collections.ConfigDict) -> None:
+  """Types and ranges of every numeric field of the toy configs."""
+  c = _Checker(config)
+  c.int("seed", minimum=0)
+
+  if c.get("data.name") == "gaussian_mixture":
+    for path in ("data.mixture_weights", "data.mixture_means", "data.mixture_variances"):
+      flat = _flatten(c.get(path))
+      if not flat or not all(_is_real(v) and math.isfinite(v) for v in flat):
+        raise ConfigError(f"config.{path} must be a non-empty (nested) tuple of finite numbers, "
+                          f"got {c.get(path)!r}.")
+    if any(w < 0 for w in _flatten(c.get("data.mixture_weights"))) or not sum(
+        _flatten(c.get("data.mixture_weights"))) > 0:
+      raise ConfigError("config.data.mixture_weights must be >= 0 with a positive sum, got "
+                        f"{c.get('data.mixture_weights')!r}.")
+    if not all(v > 0 for v in _flatten(c.get("data.mixture_variances"))):
+      raise ConfigError("config.data.mixture_variances must all be > 0, got "
+                        f"{c.get('data.mixture_variances')!r}.")
+
+  sde = c.get("sde.name")
+  if sde in ("vp", "subvp"):
+    c.nonnegative("sde.beta_min")
+    c.positive("sde.beta_max")
+    c.less("sde.beta_min", "sde.beta_max", strict=False)  # equal: a constant-beta VP SDE
+  elif sde == "ve":
+    c.positive("sde.sigma_min")
+    c.positive("sde.sigma_max")
+    c.less("sde.sigma_min", "sde.sigma_max")
+  elif sde == "cosine_vp":
+    c.positive("sde.cosine_s")
+
+  sizes = c.get("model.hidden_sizes")
+  if sizes is not _ABSENT and (not isinstance(sizes, tuple) or not sizes
+                               or not all(_is_int(s) and s >= 1 for s in sizes)):
+    raise ConfigError(f"config.model.hidden_sizes must be a non-empty tuple of integers >= 1, got "
+                      f"{sizes!r}.")
+  c.int("model.embed_dim")
+  if c.get("model.time_embedding") == "sinusoidal":
+    embed = c.get("model.embed_dim")
+    if embed is not _ABSENT and embed % 2:
+      raise ConfigError(f"config.model.embed_dim must be even for the sinusoidal embedding, got "
+                        f"{embed!r}.")
+  c.positive("model.fourier_scale")
+  c.int("model.num_classes", minimum=0)
+
+  c.int("training.num_steps")
+  c.int("training.batch_size")
+  c.positive("training.learning_rate")
+  c.int("training.warmup_steps", minimum=0)
+  if c.get("training.lr_schedule") == "cosine":
+    c.less("training.warmup_steps", "training.num_steps")
+  c.nonnegative("training.grad_clip_norm")  # 0: no clipping
+  c.nonnegative("training.weight_decay")
+  c.probability("training.ema_decay")
+  c.positive("training.t_min")  # and < T: _check_times
+  c.int("training.log_every")
+  c.int("training.checkpoint_every")
+  c.int("training.keep_checkpoints")
+
+  c.int("sampling.num_samples")
+  c.int("sampling.num_steps")
+  c.positive("sampling.t_min")  # and < T: _check_times
+  c.positive("sampling.rho")
+  c.positive("sampling.snr")
+  c.int("sampling.corrector_steps")
+  c.int("sampling.ancestral_start_steps", minimum=0)
+  if c.get("sampling.sampler") != "adaptive":
+    c.less("sampling.ancestral_start_steps", "sampling.num_steps")
+  c.positive("sampling.langevin_step_lr")
+  c.int("sampling.langevin_steps")
+  c.probability("sampling.eta")
+  c.int("sampling.order", minimum=1, maximum=3)
+  c.nonnegative("sampling.s_churn")
+  c.nonnegative("sampling.s_tmin")
+  c.nonnegative("sampling.s_tmax")
+  c.less("sampling.s_tmin", "sampling.s_tmax", strict=False)
+  c.positive("sampling.s_noise")
+  c.positive("sampling.rtol")
+  c.positive("sampling.atol")
+  c.int("sampling.batch_size")
+
+  c.positive("eval.mmd_bandwidth")
+  c.int("eval.num_projections")
+  c.int("eval.floor_repeats")
+
+  c.int("likelihood.num_samples")
+  c.positive("likelihood.t_min")  # and < T: _check_times
+  c.positive("likelihood.rtol")
+  c.positive("likelihood.atol")
+  c.int("likelihood.num_probes")
+  c.int("likelihood.batch_size")
+  levels = c.get("likelihood.num_levels")
+  if levels is not _ABSENT and not (_is_int(levels) and (levels == 0 or levels >= 2)):
+    raise ConfigError(f"config.likelihood.num_levels must be 0 (continuous data) or an integer "
+                      f">= 2, got {levels!r}.")
+  data_range = c.get("likelihood.data_range")
+  if data_range is not _ABSENT and not (
+      isinstance(data_range, tuple) and len(data_range) == 2
+      and all(_is_real(v) and math.isfinite(v) for v in data_range) and data_range[0] < data_range[1]):
+    raise ConfigError(f"config.likelihood.data_range must be a tuple (lo, hi) of finite numbers "
+                      f"with lo < hi, got {data_range!r}.")
+  c.int("likelihood.num_dequant_draws")
+  c.int("likelihood.elbo_steps")
+
+
+def _flatten(value) -> list:
+  if isinstance(value, (tuple, list)):
+    return [v for item in value for v in _flatten(item)]
+  return [value]
+
+
+def _check_devices(config: ml_collections.ConfigDict) -> None:
+  import jax
+
+  batch_size, devices = config.training.batch_size, jax.device_count()
+  if batch_size % devices:
+    raise ConfigError(f"config.training.batch_size={batch_size} must be divisible by the number of "
+                      f"devices ({devices}).")
+
+
+def _check_times(config: ml_collections.ConfigDict, sde) -> None:
+  """Cut-off times inside (0, T) of the SDE that was built."""
+  for path in ("training.t_min", "sampling.t_min", "likelihood.t_min"):
+    section, name = path.split(".")
+    value = config[section].get(name)
+    if value is not None and not 0 < value < float(sde.T):
+      raise ConfigError(f"config.{path} must lie in (0, T) = (0, {float(sde.T):g}), got {value!r}.")
+
+
+def _build(section: str, fn, *args):
+  """fn(*args); an error from a library constructor that names no config key gets its section."""
+  try:
+    return fn(*args)
+  except ConfigError:
+    raise
+  except (ValueError, TypeError) as e:
+    message = str(e)
+    raise ConfigError(message if "config." in message else f"config.{section}: {message}") from e
+
+
+def _build_everything(config: ml_collections.ConfigDict) -> None:
+  """Build each piece once (cheap: no network initialisation); build.py names bad string keys."""
+  from experiments import build
+
+  sde = _build("sde", build.build_sde, config)
+  _check_times(config, sde)
+  _build("model", build.build_model, config)
+  _build("model", build.build_prediction, config)
+  _build("training", build.build_weighting, config)
+  _build("data", build.build_dataset, config)
+  _build("training", build.build_optimizer, config)
+  _build("sampling", build.build_sampler, config)
+  _build("sampling", build.build_time_grid, config, sde)
+  _build("sampling", build.build_denoise_final, config)
+  _build("likelihood", build.build_divergence, config)
+  _build("likelihood", build.build_flow_variable, config, sde)
+  c = config.likelihood
+  estimators = ("ode",) if c.num_levels == 0 else ("ode", "ddpm_elbo")
+  if c.estimator not in estimators:
+    raise ConfigError(f"config.likelihood.estimator must be one of {estimators} with "
+                      f"config.likelihood.num_levels={c.num_levels}, got {c.estimator!r}.")
+
+
+def validate(config: ml_collections.ConfigDict, mode: str = "train") -> None:
+  """Raise ConfigError naming the first bad field of ``config`` for ``--mode=mode``.
+
+  Every mode checks the whole config: training ends by sampling, so a bad sampler name must
+  stop a training run before its first step too.
+  """
+  if mode not in MODES:
+    raise ConfigError(f"mode must be one of {MODES}, got {mode!r}.")
+  _check_numbers(config)
+  _build_everything(config)
+  if mode == "train":  # a run trained on 8 devices may be sampled on 3
+    _check_devices(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys given on the command line.
+
+
+def _keys(config, prefix: str = "") -> list[str]:
+  out = []
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    out.append(path)
+    if isinstance(config[key], ml_collections.ConfigDict):
+      out.extend(_keys(config[key], f"{path}."))
+  return out
+
+
+def check_override_keys(config: ml_collections.ConfigDict, paths) -> None:
+  """Each ``--config.a.b`` override must name a field of ``config``; else the nearest ones."""
+  valid = _keys(config)
+  for path in paths:
+    value = config
+    for i, part in enumerate(path.split(".")):
+      if not isinstance(value, ml_collections.ConfigDict):
+        parent = ".".join(path.split(".")[:i])
+        raise ConfigError(f"--config.{path}: config.{parent} is a {type(value).__name__}, not a "
+                          "section with fields.")
+      if part not in value:
+        near = difflib.get_close_matches(path, valid, n=3, cutoff=0.6)
+        parent = ".".join(path.split(".")[:i])
+        where = f"config.{parent}" if parent else "the config"
+        hint = (f"did you mean {', '.join('config.' + n for n in near)}?" if near else
+                f"{where} has the fields {', '.join(sorted(value.keys()))}.")
+        raise ConfigError(f"--config.{path}: unknown config key config.{path}; {hint}")
+      value = value[part]
