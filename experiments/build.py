@@ -191,8 +191,10 @@ def build_sampler(config: ml_collections.ConfigDict):
                     "ipndm", "adaptive"))
   if c.corrector == "langevin":
     # Per example, never averaged over a batch axis (score_sde's batch-norm rule): examples of a
-    # batch must not be coupled, so samples do not depend on chunking or padding.
-    corrector = samplers.Langevin(snr=c.snr, num_steps=c.corrector_steps)
+    # batch must not be coupled, so samples do not depend on chunking or padding. The step uses
+    # the expected norms (eps = 2 snr^2 sigma^2), which in 2-D matched the batch-averaged rule
+    # where the per-example measured norms did not (samplers.Langevin).
+    corrector = samplers.Langevin(snr=c.snr, num_steps=c.corrector_steps, expected_norms=True)
     sampler = samplers.PredictorCorrector(sampler, corrector)
   elif c.corrector != "none":
     raise _unknown("config.sampling.corrector", c.corrector, ("none", "langevin"))

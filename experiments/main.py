@@ -69,16 +69,7 @@ def _config():
 def _sample(config, step) -> None:
   from experiments import sampling
 
-  # sampling.run takes step= once the runner stream adds it; without --checkpoint_step it samples
-  # the latest checkpoint, which check_checkpoint_step has found.
-  kwargs = {} if FLAGS.checkpoint_step is None else {"step": step}
-  summary = sampling.run(config, FLAGS.workdir, **kwargs)
-  if summary:
-    distances = summary.get("model_vs_data", {})
-    print(f"Step {summary['checkpoint_step']}: {summary['num_samples']} samples, NFE "
-          f"{summary['nfe_mean']:.0f}, {summary['num_nonfinite_samples']} non-finite; model vs "
-          "data: " + ", ".join(f"{k} {v:.4g}" for k, v in distances.items())
-          + f". Wrote .npz, .png and .json to {FLAGS.workdir}/samples/.")
+  sampling.run(config, FLAGS.workdir, step=step)  # prints what it wrote and the headline numbers
 
 
 def main(argv) -> None:
@@ -95,16 +86,23 @@ def main(argv) -> None:
             workdir_lib.check_checkpoint_step(FLAGS.workdir, FLAGS.checkpoint_step))
   except (validate.ConfigError, workdir_lib.WorkdirError) as e:
     sys.exit(f"Error: {e}")
-  if FLAGS.mode == "train":
-    from experiments import run
+  from experiments import checkpoints
+  from experiments import train as train_loop
 
-    run.train_and_evaluate(config, FLAGS.workdir)
-  elif FLAGS.mode == "sample":
-    _sample(config, step)
-  elif FLAGS.mode == "eval_likelihood":
-    from experiments import likelihood_eval
+  try:
+    if FLAGS.mode == "train":
+      from experiments import run
 
-    likelihood_eval.run(config, FLAGS.workdir, step=step)
+      run.train_and_evaluate(config, FLAGS.workdir)
+    elif FLAGS.mode == "sample":
+      _sample(config, step)
+    elif FLAGS.mode == "eval_likelihood":
+      from experiments import likelihood_eval
+
+      likelihood_eval.run(config, FLAGS.workdir, step=step)
+  except (train_loop.TrainingDiverged, checkpoints.NoIntactCheckpointError) as e:
+    # The message names the step and the checkpoint that is intact; a traceback adds nothing.
+    sys.exit(f"Error: {e}")
 
 
 if __name__ == "__main__":

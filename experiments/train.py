@@ -28,6 +28,7 @@ from absl import logging
 from tqdm import tqdm
 
 from diffusion_jax import train as train_lib
+from experiments import workdir as workdir_lib
 from experiments import build, keys, sharding
 from experiments.checkpoints import Checkpoints
 from experiments.evaluate import toy as evaluate_toy
@@ -39,8 +40,7 @@ class TrainingDiverged(RuntimeError):
 
 def write_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    workdir_lib.save_config(workdir, config)
 
 
 def create_state(method, config, mesh) -> train_lib.TrainState:

@@ -91,7 +91,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   c = _Checker(config)
   c.int("seed", minimum=0)
 
-  if c.get("data.name") == "gaussian_mixture":
+  if c.get("data.name") in ("gaussian_mixture", "labelled_mixture"):
     for path in ("data.mixture_weights", "data.mixture_means", "data.mixture_variances"):
       flat = _flatten(c.get(path))
       if not flat or not all(_is_real(v) and math.isfinite(v) for v in flat):
@@ -130,6 +130,17 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
                         f"{embed!r}.")
   c.positive("model.fourier_scale")
   c.int("model.num_classes", minimum=0)
+  if c.get("model.label_dropout") is not _ABSENT:
+    c.probability("model.label_dropout")
+  source = c.get("data.source")
+  if source is not _ABSENT and source not in ("generated", "array", "tfds"):
+    raise ConfigError(f"config.data.source must be one of 'generated', 'array', 'tfds', got "
+                      f"{source!r}.")
+  if source == "array":
+    c.int("data.num_examples")
+  if source == "tfds" and not c.get("data.tfds_name"):
+    raise ConfigError("config.data.tfds_name must name a prepared TFDS dataset when "
+                      "config.data.source='tfds'.")
 
   c.int("training.num_steps")
   c.int("training.batch_size")

@@ -245,20 +245,13 @@ def _value_at(config, field: str):
 
 
 def checkpoint_steps(workdir) -> list[int]:
-  """The steps of the finished checkpoints in ``workdir/checkpoints`` (orbax's own listing)."""
-  from absl import logging
-
-  from experiments import run as run_lib
+  """The steps of the finished checkpoints in ``workdir/checkpoints``."""
+  from experiments import checkpoints
 
   if not (pathlib.Path(workdir) / "checkpoints").is_dir():
     return []
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)  # orbax warns that a read-only manager is read only
-  try:
-    with run_lib.checkpoint_manager(workdir, None, read_only=True) as manager:
-      return sorted(manager.all_steps())
-  finally:
-    logging.set_verbosity(verbosity)
+  with checkpoints.Checkpoints(workdir, read_only=True) as manager:
+    return manager.steps()
 
 
 def check_checkpoint_step(workdir, step: int | None) -> int:

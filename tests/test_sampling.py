@@ -222,18 +222,18 @@ def test_new_parameters_do_not_retrace():
   net = TinyNet()
   traces = []
 
-  def apply_fn(params, x, t):
+  def model_fn(params, x, t, cond, *, key=None, train=False):
     traces.append(1)  # runs only while tracing
     return net.apply(params, x, t)
 
   params = [net.init(jr.key(i), jnp.zeros((1, 2)), jnp.zeros((1,))) for i in range(3)]
   outs = []
   for p in params:
-    score_fn = NetworkScore(apply_fn=apply_fn, params=p, sde=SDE, prediction=Prediction.EPS)
+    score_fn = NetworkScore(model_fn=model_fn, params=p, sde=SDE, prediction=Prediction.EPS)
     outs.append(sample_batch(SDE, score_fn, S.UniPC(), TS, key=jr.key(0), num=4, shape=(2,)).x)
   n_first = len(traces)
   assert n_first > 0
-  outs.append(sample_batch(SDE, NetworkScore(apply_fn=apply_fn, params=params[0], sde=SDE), S.UniPC(),
+  outs.append(sample_batch(SDE, NetworkScore(model_fn=model_fn, params=params[0], sde=SDE), S.UniPC(),
                            TS, key=jr.key(0), num=4, shape=(2,)).x)
   assert len(traces) == n_first  # one trace for all parameter sets
   assert not np.allclose(outs[0], outs[1])  # the parameters did reach the computation
