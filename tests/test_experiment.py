@@ -253,7 +253,8 @@ def test_the_langevin_corrector_from_the_config_never_couples_examples():
   config.sampling.sampler, config.sampling.corrector = "reverse_diffusion", "langevin"
   sampler = build.build_sampler(config)
   assert sampler.corrector == samplers.Langevin(snr=config.sampling.snr,
-                                                num_steps=config.sampling.corrector_steps)
+                                                num_steps=config.sampling.corrector_steps,
+                                                expected_norms=True)
   sde = sdes.VPSDE()
   exact = analytic.DiffusedMixture(analytic.eight_gaussians(), sde)
   ts = schedules.uniform_time(sde, 10, 1e-3)
