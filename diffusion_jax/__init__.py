@@ -3,10 +3,10 @@
 The public API, re-exported explicitly; each module's docstring explains its part.
 """
 
-from diffusion_jax import (analytic, data, likelihood, losses, metrics, nets, ode, parameterization,
+from diffusion_jax import (analytic, data, likelihood, losses, metrics, nets, parameterization,
                            samplers, sampling, schedules, sde, sdes, train)
 from diffusion_jax.analytic import DiffusedMixture, GaussianMixture
-from diffusion_jax.likelihood import (ExactDivergence, Hutchinson, InSigma, InTime, Probe,
+from diffusion_jax.likelihood import (ExactDivergence, GivenProbes, Hutchinson, InSigma, InTime, Probe,
                                       bits_per_dim, ddpm_elbo, decode, encode, log_likelihood,
                                       round_trip)
 from diffusion_jax.losses import LossOutput, Weighting, dsm_loss, dsm_loss_at, ncsn_loss

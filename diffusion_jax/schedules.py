@@ -3,7 +3,7 @@
 A sampler walks an explicit, decreasing grid ts = (t_0 = T > t_1 > ... > t_N = t_min) of the SDE's
 own time. Where a paper spaces its steps in another variable (log-SNR lambda = log(alpha^2/sigma^2),
 EDM's sigma/alpha), the grid is built in that variable and mapped back to t with
-``time_at_log_snr``, which only needs the SDE's ``log_snr``: one implementation for every linear SDE.
+``time_at_log_snr``, the SDE's own inverse of its log-SNR (closed form where one exists).
 
 The step rules live here too, so that the tests can pin them:
     exact one-step transition      x_t = a x_s + s noise,  a = alpha_t/alpha_s,  s^2 = sigma_t^2 - a^2 sigma_s^2
@@ -21,8 +21,6 @@ import numpy as np
 from diffusion_jax import _checks
 from diffusion_jax.sde import AbstractLinearSDE
 
-# Bisection on [0, T] halves the bracket each pass; 60 passes reach below float64 resolution.
-_BISECTION_STEPS = 60
 
 
 def _check_grid_args(sde: AbstractLinearSDE, num_steps: int, t_min: float | None) -> float:
@@ -34,26 +32,10 @@ def _check_grid_args(sde: AbstractLinearSDE, num_steps: int, t_min: float | None
 
 
 def time_at_log_snr(sde: AbstractLinearSDE, log_snr: jax.Array) -> jax.Array:
-  """The t in [0, T] with sde.log_snr(t) = log_snr, by bisection (log-SNR decreases in t).
-
-  Values outside [log_snr(T), log_snr(0)] map to the nearest end. Works under jit and vmap.
-  """
-  log_snr = jnp.asarray(log_snr, jnp.result_type(float))
-
-  def one(target):
-    def body(_, bracket):
-      lo, hi = bracket
-      mid = 0.5 * (lo + hi)
-      # log_snr(mid) > target means mid is still too early (too little noise).
-      above = sde.log_snr(mid) > target
-      return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-    zero = jnp.zeros((), log_snr.dtype)
-    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (zero, zero + sde.T))
-    return 0.5 * (lo + hi)
-
-  flat = jnp.ravel(log_snr)
-  return jax.vmap(one)(flat).reshape(log_snr.shape)
+  """The t in [0, T] with sde.log_snr(t) = log_snr: ``sde.time_at_log_snr`` (closed form for every
+  SDE in ``sdes``, bisection in the base class). Values outside [log_snr(T), log_snr(0)] map to the
+  nearest end. Works under jit and vmap."""
+  return sde.time_at_log_snr(log_snr)
 
 
 def uniform_time(sde: AbstractLinearSDE, num_steps: int, t_min: float | None = None) -> jax.Array:
@@ -84,14 +66,12 @@ def edm_rho(sde: AbstractLinearSDE, num_steps: int, t_min: float | None = None,
   t_min = _check_grid_args(sde, num_steps, t_min)
   if not rho > 0:
     raise ValueError(f"rho must be > 0, got {rho!r}.")
-  # sigma~ = exp(-lambda/2): EDM's noise level for the scaled variable x / alpha.
-  s_max = jnp.exp(-0.5 * sde.log_snr(sde.T))
-  s_min = jnp.exp(-0.5 * sde.log_snr(t_min))
+  s_max, s_min = sde.edm_sigma(sde.T), sde.edm_sigma(t_min)
   if not bool(s_min > 0):
     raise ValueError(f"t_min must have sigma(t_min) > 0 for the EDM grid, got t_min={t_min}.")
   frac = jnp.linspace(0.0, 1.0, num_steps + 1)
   sigmas = (s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-  return _pin_ends(time_at_log_snr(sde, -2.0 * jnp.log(sigmas)), sde.T, t_min)
+  return _pin_ends(sde.time_at_edm_sigma(sigmas), sde.T, t_min)
 
 
 def _pin_ends(ts: jax.Array, t_max: float, t_min: float) -> jax.Array:
