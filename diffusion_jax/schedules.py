@@ -7,8 +7,8 @@ EDM's sigma/alpha), the grid is built in that variable and mapped back to t with
 
 The step rules live here too, so that the tests can pin them:
     exact one-step transition      x_t = a x_s + s noise,  a = alpha_t/alpha_s,  s^2 = sigma_t^2 - a^2 sigma_s^2
-    Langevin SNR rule              eps = 2 (snr |noise| / |score|)^2           (Song et al. 2021, Alg. 4)
-    annealed Langevin rule         eps_i = step_lr sigma_i^2 / sigma_L^2       (Song & Ermon 2019, Alg. 1),
+    Langevin SNR rule              step = 2 (snr |noise| / |score|)^2           (Song et al. 2021, Alg. 4)
+    annealed Langevin rule         step_i = step_lr sigma_i^2 / sigma_L^2       (Song & Ermon 2019, Alg. 1),
                                    capped at 2 sigma_i^2, half the stability boundary 4 sigma_i^2
 """
 
@@ -110,7 +110,7 @@ def transition(sde: AbstractLinearSDE, t: jax.Array, t_next: jax.Array) -> tuple
 
 def langevin_step_size(score: jax.Array, noise: jax.Array, snr: float,
                        axis_name: str | None = None) -> jax.Array:
-  """eps = 2 (snr |noise| / |score|)^2: the signal-to-noise rule of Song et al. 2021, Alg. 4.
+  """step = 2 (snr |noise| / |score|)^2: the signal-to-noise rule of Song et al. 2021, Alg. 4.
 
   With ``axis_name`` None the norms are per example, so each sample is independent of its batch.
   Song et al.'s code averages the norms over the batch; pass the name of the ``vmap`` axis to do
@@ -129,14 +129,14 @@ def langevin_step_size(score: jax.Array, noise: jax.Array, snr: float,
 
 
 def annealed_step_size(sigma: jax.Array, sigma_last: jax.Array, step_lr: float) -> jax.Array:
-  """eps_i = min(step_lr sigma_i^2 / sigma_L^2, 2 sigma_i^2) (Song & Ermon 2019, Alg. 1, with a stability cap).
+  """step_i = min(step_lr sigma_i^2 / sigma_L^2, 2 sigma_i^2) (Song & Ermon 2019, Alg. 1, with a stability cap).
 
-  Alg. 1 moves x by eps/2 score + sqrt(eps) z. The score of p_t is (1/sigma_t^2)-Lipschitz
+  Alg. 1 moves x by step/2 score + sqrt(step) z. The score of p_t is (1/sigma_t^2)-Lipschitz
   (-hess log p_t <= I/sigma_t^2 for x_t = alpha x0 + sigma_t noise); on the sharpest case, a
-  Gaussian of variance sigma^2, the step is x <- (1 - eps/(2 sigma^2)) x + sqrt(eps) z, which
-  contracts for 0 < eps < 4 sigma^2 and diverges beyond. The cap 2 sigma^2 sits halfway to that
+  Gaussian of variance sigma^2, the step is x <- (1 - step/(2 sigma^2)) x + sqrt(step) z, which
+  contracts for 0 < step < 4 sigma^2 and diverges beyond. The cap 2 sigma^2 sits halfway to that
   boundary, where the contraction factor is 0 (the fastest mixing on that Gaussian); its price is a
-  stationary variance sigma^2 / (1 - eps/(4 sigma^2)), twice sigma^2 at the cap. The cap is
+  stationary variance sigma^2 / (1 - step/(4 sigma^2)), twice sigma^2 at the cap. The cap is
   inactive for the paper's setting (step_lr / sigma_L^2 = 0.2) and keeps a step_lr tuned for one
   ladder from diverging on another (e.g. sub-VP, whose sigma(t_min) is the square of VP's).
   """
