@@ -3,13 +3,14 @@
 The public API, re-exported explicitly; each module's docstring explains its part.
 """
 
-from diffusion_jax import (analytic, conditions, data, likelihood, losses, metrics, nets, ode,
+from diffusion_jax import (analytic, conditions, data, likelihood, losses, metrics, nets,
                            parameterization, samplers, sampling, schedules, sde, sdes, simulate,
                            train)
 from diffusion_jax.analytic import (ConditionalDiffusedMixture, DiffusedMixture, GaussianMixture,
                                     random_mixture)
 from diffusion_jax.conditions import drop_condition, null_label, with_condition_dropout
-from diffusion_jax.likelihood import (ExactDivergence, Hutchinson, InSigma, InTime, Probe,
+from diffusion_jax.likelihood import (ExactDivergence, GivenProbes, Hutchinson, InSigma, InTime,
+                                      Probe,
                                       bits_per_dim, ddpm_elbo, decode, encode, log_likelihood,
                                       round_trip)
 from diffusion_jax.losses import (EDMLossOutput, LossOutput, Weighting, dsm_loss, dsm_loss_at,

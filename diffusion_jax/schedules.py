@@ -3,13 +3,13 @@
 A sampler walks an explicit, decreasing grid ts = (t_0 = T > t_1 > ... > t_N = t_min) of the SDE's
 own time. Where a paper spaces its steps in another variable (log-SNR lambda = log(alpha^2/sigma^2),
 EDM's sigma/alpha), the grid is built in that variable and mapped back to t with
-``time_at_log_snr``, which only needs the SDE's ``log_snr``: one implementation for every linear SDE.
+``time_at_log_snr``, the SDE's own inverse of its log-SNR (closed form where one exists).
 
 The step rules live here too, so that the tests can pin them:
     exact one-step transition      x_t = a x_s + s noise,  a = alpha_t/alpha_s,  s^2 = sigma_t^2 - a^2 sigma_s^2
-    Langevin SNR rule              eps = 2 (snr |noise| / |score|)^2           (Song et al. 2021, Alg. 4)
-    annealed Langevin rule         eps_i = step_lr sigma_i^2 / sigma_L^2       (Song & Ermon 2019, Alg. 1),
-                                   capped at 2 sigma_i^2 for stability
+    Langevin SNR rule              step = 2 (snr |noise| / |score|)^2           (Song et al. 2021, Alg. 4)
+    annealed Langevin rule         step_i = step_lr sigma_i^2 / sigma_L^2       (Song & Ermon 2019, Alg. 1),
+                                   capped at 2 sigma_i^2, half the stability boundary 4 sigma_i^2
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import numpy as np
 from diffusion_jax import _checks
 from diffusion_jax.sde import AbstractLinearSDE
 
-# Bisection on [0, T] halves the bracket each pass; 60 passes reach below float64 resolution.
-_BISECTION_STEPS = 60
 
 
 def _check_grid_args(sde: AbstractLinearSDE, num_steps: int, t_min: float | None) -> float:
@@ -34,26 +32,10 @@ def _check_grid_args(sde: AbstractLinearSDE, num_steps: int, t_min: float | None
 
 
 def time_at_log_snr(sde: AbstractLinearSDE, log_snr: jax.Array) -> jax.Array:
-  """The t in [0, T] with sde.log_snr(t) = log_snr, by bisection (log-SNR decreases in t).
-
-  Values outside [log_snr(T), log_snr(0)] map to the nearest end. Works under jit and vmap.
-  """
-  log_snr = jnp.asarray(log_snr, jnp.result_type(float))
-
-  def one(target):
-    def body(_, bracket):
-      lo, hi = bracket
-      mid = 0.5 * (lo + hi)
-      # log_snr(mid) > target means mid is still too early (too little noise).
-      above = sde.log_snr(mid) > target
-      return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
-
-    zero = jnp.zeros((), log_snr.dtype)
-    lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (zero, zero + sde.T))
-    return 0.5 * (lo + hi)
-
-  flat = jnp.ravel(log_snr)
-  return jax.vmap(one)(flat).reshape(log_snr.shape)
+  """The t in [0, T] with sde.log_snr(t) = log_snr: ``sde.time_at_log_snr`` (closed form for every
+  SDE in ``sdes``, bisection in the base class). Values outside [log_snr(T), log_snr(0)] map to the
+  nearest end. Works under jit and vmap."""
+  return sde.time_at_log_snr(log_snr)
 
 
 def uniform_time(sde: AbstractLinearSDE, num_steps: int, t_min: float | None = None) -> jax.Array:
@@ -84,14 +66,12 @@ def edm_rho(sde: AbstractLinearSDE, num_steps: int, t_min: float | None = None,
   t_min = _check_grid_args(sde, num_steps, t_min)
   if not rho > 0:
     raise ValueError(f"rho must be > 0, got {rho!r}.")
-  # sigma~ = exp(-lambda/2): EDM's noise level for the scaled variable x / alpha.
-  s_max = jnp.exp(-0.5 * sde.log_snr(sde.T))
-  s_min = jnp.exp(-0.5 * sde.log_snr(t_min))
+  s_max, s_min = sde.edm_sigma(sde.T), sde.edm_sigma(t_min)
   if not bool(s_min > 0):
     raise ValueError(f"t_min must have sigma(t_min) > 0 for the EDM grid, got t_min={t_min}.")
   frac = jnp.linspace(0.0, 1.0, num_steps + 1)
   sigmas = (s_max ** (1 / rho) + frac * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-  return _pin_ends(time_at_log_snr(sde, -2.0 * jnp.log(sigmas)), sde.T, t_min)
+  return _pin_ends(sde.time_at_edm_sigma(sigmas), sde.T, t_min)
 
 
 def _pin_ends(ts: jax.Array, t_max: float, t_min: float) -> jax.Array:
@@ -130,7 +110,7 @@ def transition(sde: AbstractLinearSDE, t: jax.Array, t_next: jax.Array) -> tuple
 
 def langevin_step_size(score: jax.Array, noise: jax.Array, snr: float,
                        axis_name: str | None = None) -> jax.Array:
-  """eps = 2 (snr |noise| / |score|)^2: the signal-to-noise rule of Song et al. 2021, Alg. 4.
+  """step = 2 (snr |noise| / |score|)^2: the signal-to-noise rule of Song et al. 2021, Alg. 4.
 
   With ``axis_name`` None the norms are per example, so each sample is independent of its batch.
   Song et al.'s code averages the norms over the batch; pass the name of the ``vmap`` axis to do
@@ -149,12 +129,15 @@ def langevin_step_size(score: jax.Array, noise: jax.Array, snr: float,
 
 
 def annealed_step_size(sigma: jax.Array, sigma_last: jax.Array, step_lr: float) -> jax.Array:
-  """eps_i = min(step_lr sigma_i^2 / sigma_L^2, 2 sigma_i^2) (Song & Ermon 2019, Alg. 1, with a stability cap).
+  """step_i = min(step_lr sigma_i^2 / sigma_L^2, 2 sigma_i^2) (Song & Ermon 2019, Alg. 1, with a stability cap).
 
-  Alg. 1 moves x by eps/2 score + sqrt(eps) z. The score of p_t is (1/sigma_t^2)-Lipschitz
-  (-hess log p_t <= I/sigma_t^2 for x_t = alpha x0 + sigma_t noise), so that step is stable while
-  eps/2 <= sigma_i^2. The cap is inactive for the paper's setting (step_lr / sigma_L^2 = 0.2) and
-  keeps a step_lr tuned for one ladder from diverging on another (e.g. sub-VP, whose sigma(t_min)
-  is the square of VP's).
+  Alg. 1 moves x by step/2 score + sqrt(step) z. The score of p_t is (1/sigma_t^2)-Lipschitz
+  (-hess log p_t <= I/sigma_t^2 for x_t = alpha x0 + sigma_t noise); on the sharpest case, a
+  Gaussian of variance sigma^2, the step is x <- (1 - step/(2 sigma^2)) x + sqrt(step) z, which
+  contracts for 0 < step < 4 sigma^2 and diverges beyond. The cap 2 sigma^2 sits halfway to that
+  boundary, where the contraction factor is 0 (the fastest mixing on that Gaussian); its price is a
+  stationary variance sigma^2 / (1 - step/(4 sigma^2)), twice sigma^2 at the cap. The cap is
+  inactive for the paper's setting (step_lr / sigma_L^2 = 0.2) and keeps a step_lr tuned for one
+  ladder from diverging on another (e.g. sub-VP, whose sigma(t_min) is the square of VP's).
   """
   return jnp.minimum(step_lr * (sigma / sigma_last) ** 2, 2.0 * sigma**2)

@@ -14,6 +14,10 @@ described by its marginal coefficients alpha(t) and sigma(t); the drift and diff
 
 ``AbstractLinearSDE`` derives them with ``jax.jvp`` so a subclass only writes its marginal, and the
 tests pin the derived values against the closed forms of Song et al. 2021, App. B.
+
+The noise level of the scaled variable x / alpha, EDM's sigma~ = sigma / alpha = exp(-lambda / 2)
+(Karras et al. 2022, eq. 4), and the inverses t(lambda) and t(sigma~) are written here once:
+``time_at_log_snr`` is a bisection in the base class and a closed form in every SDE of ``sdes``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from diffusion_jax import _checks
+
+# Bisection on [0, T] halves the bracket each pass; 60 passes reach below float64 resolution.
+_BISECTION_STEPS = 60
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -47,6 +54,10 @@ class AbstractSDE(flax.struct.PyTreeNode, abc.ABC):
   @abc.abstractmethod
   def diffusion(self, t: jax.Array) -> jax.Array:
     """g(t) (a scalar: the noise is isotropic)."""
+
+  def diffusion_squared(self, t: jax.Array) -> jax.Array:
+    """g(t)^2."""
+    return self.diffusion(t) ** 2
 
   @abc.abstractmethod
   def prior_sample(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -95,6 +106,37 @@ class AbstractLinearSDE(AbstractSDE):
   def log_snr(self, t: jax.Array) -> jax.Array:
     """lambda(t) = log(alpha^2 / sigma^2)."""
     return 2.0 * (self.log_alpha(t) - jnp.log(self.sigma(t)))
+
+  def edm_sigma(self, t: jax.Array) -> jax.Array:
+    """sigma~(t) = sigma(t) / alpha(t) = exp(-lambda(t) / 2): EDM's noise level of x / alpha."""
+    return self.sigma(t) * jnp.exp(-self.log_alpha(t))
+
+  def time_at_log_snr(self, log_snr: jax.Array) -> jax.Array:
+    """The t in [0, T] with log_snr(t) = log_snr (log-SNR decreases in t); values outside
+    [log_snr(T), log_snr(0)] map to the nearest end.
+
+    The fallback for SDEs without a closed form: a 60-pass bisection per value (jit/vmap-safe).
+    """
+    log_snr = jnp.asarray(log_snr, jnp.result_type(float))
+
+    def one(target):
+      def body(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        # log_snr(mid) > target means mid is still too early (too little noise).
+        above = self.log_snr(mid) > target
+        return jnp.where(above, mid, lo), jnp.where(above, hi, mid)
+
+      zero = jnp.zeros((), log_snr.dtype)
+      lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, body, (zero, zero + self.T))
+      return 0.5 * (lo + hi)
+
+    flat = jnp.ravel(log_snr)
+    return jax.vmap(one)(flat).reshape(log_snr.shape)
+
+  def time_at_edm_sigma(self, edm_sigma: jax.Array) -> jax.Array:
+    """The inverse of ``edm_sigma``: t with sigma(t) / alpha(t) = edm_sigma, via lambda = -2 log sigma~."""
+    return self.time_at_log_snr(-2.0 * jnp.log(edm_sigma))
 
   def marginal_sample(self, key: jax.Array, x0: jax.Array, t: jax.Array) -> jax.Array:
     """A draw of x_t given x_0."""
@@ -145,13 +187,37 @@ class ReverseSDE(flax.struct.PyTreeNode):
 
 
 class ProbabilityFlowODE(flax.struct.PyTreeNode):
-  """dx/dt = f(x, t) - 1/2 g(t)^2 score(x, t): the ODE sharing the SDE's marginals."""
+  """dx/dt = f(t) x - 1/2 g(t)^2 score(x, t): the ODE sharing the SDE's marginals (Song et al. 2021, eq. 13).
+
+  The one place where the probability-flow velocity is written; the likelihood and the adaptive
+  sampler integrate it in t, in EDM's sigma~ or in the log-SNR. For a linear SDE,
+  g^2 = alpha^2 d(sigma~^2)/dt, so with y = x / alpha the same ODE reads
+      dy/dsigma~ = -sigma~ alpha score(alpha y, t)          (Karras et al. 2022, eq. 4)
+      dy/dlambda = sigma~^2 alpha score(alpha y, t) / 2     (sigma~ = exp(-lambda / 2); Lu et al. 2022)
+  (the f x term is absorbed by the scaling): ``edm_velocity`` and ``log_snr_velocity`` are
+  ``velocity`` after that change of variables, and a test pins them against it.
+  """
 
   sde: AbstractSDE
   score_fn: ScoreFn
 
   def velocity(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    g = self.sde.diffusion(t)
-    return self.sde.drift(x, t) - 0.5 * g**2 * self.score_fn(x, t)
+    """dx/dt."""
+    return self.sde.drift(x, t) - 0.5 * self.sde.diffusion_squared(t) * self.score_fn(x, t)
 
   __call__ = velocity
+
+  def _scaled_score(self, y: jax.Array, t: jax.Array) -> jax.Array:
+    # alpha score(alpha y, t) = grad_y log p(y): the score of the scaled variable.
+    alpha = self.sde.alpha(t)
+    return alpha * self.score_fn(alpha * y, t)
+
+  def edm_velocity(self, y: jax.Array, edm_sigma: jax.Array) -> jax.Array:
+    """dy/dsigma~ for y = x / alpha (linear SDEs)."""
+    t = self.sde.time_at_edm_sigma(edm_sigma)
+    return -edm_sigma * self._scaled_score(y, t)
+
+  def log_snr_velocity(self, y: jax.Array, log_snr: jax.Array) -> jax.Array:
+    """dy/dlambda for y = x / alpha: d sigma~/d lambda = -sigma~ / 2 times ``edm_velocity``."""
+    t = self.sde.time_at_log_snr(log_snr)
+    return 0.5 * jnp.exp(-log_snr) * self._scaled_score(y, t)

@@ -7,16 +7,19 @@ import pytest
 
 from diffusion_jax import schedules, sdes
 
-SDES = [sdes.VPSDE(), sdes.SubVPSDE(), sdes.VESDE(), sdes.CosineVPSDE()]
-IDS = ["vp", "subvp", "ve", "cosine"]
+SDES = [sdes.VPSDE(), sdes.SubVPSDE(), sdes.VESDE(), sdes.CosineVPSDE(), sdes.VPSDE(2.0, 2.0)]
+IDS = ["vp", "subvp", "ve", "cosine", "vp_const"]
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_time_at_log_snr_inverts_log_snr(sde):
   ts = jnp.linspace(1e-3, sde.T, 50)
   recovered = schedules.time_at_log_snr(sde, sde.log_snr(ts))
-  # float32 bisection: the inverse is exact to about 1e-6 in t where lambda changes by O(1) per unit t.
+  # The SDE's closed form (bisection in the base class), exact up to the float32 round-off of
+  # log_snr(t) itself: about 1e-6 in t where lambda changes by O(1) per unit t.
   np.testing.assert_allclose(recovered, ts, rtol=2e-5, atol=2e-6)
+  # The public function is the SDE's method, not a second implementation.
+  np.testing.assert_array_equal(recovered, sde.time_at_log_snr(sde.log_snr(ts)))
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
@@ -89,28 +92,40 @@ def test_langevin_rule_sets_the_signal_to_noise_ratio():
   score = jr.normal(jr.key(0), (16,))
   noise = jr.normal(jr.key(1), (16,))
   snr = 0.16
-  eps = schedules.langevin_step_size(score, noise, snr)
-  # Song et al. 2021, App. G: the ratio |eps score| / |sqrt(2 eps) noise| of drift to noise is snr.
-  ratio = jnp.linalg.norm(eps * score) / jnp.linalg.norm(jnp.sqrt(2 * eps) * noise)
+  step = schedules.langevin_step_size(score, noise, snr)
+  # Song et al. 2021, App. G: the ratio |step score| / |sqrt(2 step) noise| of drift to noise is snr.
+  ratio = jnp.linalg.norm(step * score) / jnp.linalg.norm(jnp.sqrt(2 * step) * noise)
   np.testing.assert_allclose(ratio, snr, rtol=1e-5)
 
 
 def test_annealed_rule_scales_with_sigma_squared():
-  eps = schedules.annealed_step_size(jnp.array([1.0, 0.1, 0.01]), 0.01, 2e-5)
-  np.testing.assert_allclose(eps, [0.2, 2e-3, 2e-5], rtol=1e-6)  # Song & Ermon 2019: 2e-5 sigma_i^2/sigma_L^2
+  step = schedules.annealed_step_size(jnp.array([1.0, 0.1, 0.01]), 0.01, 2e-5)
+  np.testing.assert_allclose(step, [0.2, 2e-3, 2e-5], rtol=1e-6)  # Song & Ermon 2019: 2e-5 sigma_i^2/sigma_L^2
 
 
-def test_annealed_rule_is_capped_where_langevin_turns_unstable():
-  # Sub-VP ends at sigma(t_min) ~ 1e-4, so the paper's step_lr gives eps/sigma^2 = 2000 at every
-  # level; the cap holds it at 2 sigma^2.
+def test_annealed_rule_is_capped_inside_the_stability_region():
+  """Sub-VP ends at sigma(t_min) ~ 1e-4, so the paper's step_lr gives step/sigma^2 = 2000 at every
+  level; the cap holds it at 2 sigma^2. Simulated Langevin chains on N(0, sigma^2), the sharpest
+  p_t can be, show why: at the capped step they settle at the predicted stationary variance
+  sigma^2 / (1 - step / (4 sigma^2)), and past 4 sigma^2 they diverge."""
   sigma = jnp.array([1.0, 1e-2, 1e-4])
-  eps = schedules.annealed_step_size(sigma, 1e-4, 2e-5)
-  np.testing.assert_allclose(eps, [2.0, 2e-4, 2e-8], rtol=1e-5)
+  step = schedules.annealed_step_size(sigma, 1e-4, 2e-5)
+  np.testing.assert_allclose(step, 2.0 * sigma**2, rtol=1e-5)
   # Where the ratio is below 2 (the paper's 0.2 for sigma_L = 0.01) nothing changes.
   np.testing.assert_allclose(schedules.annealed_step_size(sigma, 1e-2, 2e-5), 0.2 * sigma**2, rtol=1e-5)
-  # On a Gaussian of variance sigma^2 (the sharpest p_t can be), x <- x - eps/2 x/sigma^2 + ...
-  # contracts only while eps/2 <= sigma^2: the capped step is on that boundary, never past it.
-  assert np.all(np.abs(1 - 0.5 * eps / sigma**2) <= 1.0)
+
+  def chain_variance(step, s, num_steps=100):
+    x = jnp.zeros(20_000)
+    for k in jr.split(jr.key(0), num_steps):  # Alg. 1: x + step/2 score + sqrt(step) z, score = -x/s^2
+      x = x - 0.5 * step * x / s**2 + jnp.sqrt(step) * jr.normal(k, x.shape)
+    return float(jnp.var(x))
+
+  for s, e in zip(np.asarray(sigma), np.asarray(step)):
+    predicted = s**2 / (1 - e / (4 * s**2))
+    # 20,000 chains: the variance estimate has a relative SE of 1%; 5 SE.
+    assert abs(chain_variance(e, s) / predicted - 1) < 0.05
+  # Just past the boundary the contraction factor is below -1: |x| grows geometrically.
+  assert chain_variance(4.4, 1.0) > 1e3
 
 
 def test_bad_grid_arguments():
