@@ -479,13 +479,13 @@ def section_adaptive(args, log):
 
 def train_score_network(sde, data, steps, key, width):
   """A few hundred Adam steps of DSM on exact mixture samples: a small eps-predicting MLP."""
-  from diffusion_jax.nets import ScoreMLP  # the library's MLP (flax.linen, batched)
+  from diffusion_jax.nets import ScoreMLP, as_model_fn  # the library's MLP (flax.linen, batched)
 
   net = ScoreMLP(hidden_sizes=(width, width, width), embed_dim=64)
   init_key, data_key, loss_key = jr.split(key, 3)
   params = net.init(init_key, jnp.zeros((1, data.dim)), jnp.zeros((1,)))
   optimizer = optax.adam(1e-3)
-  model_fn = lambda p, x, t: net.apply(p, x[None], t[None])[0]
+  model_fn = as_model_fn(net)
 
   @jax.jit
   def step(params, opt_state, key):
@@ -493,7 +493,7 @@ def train_score_network(sde, data, steps, key, width):
     x0 = data.sample(batch_key, 512)
 
     def loss(p):
-      out = jax.vmap(lambda x, k: losses.dsm_loss(model_fn, p, x, k, sde=sde))(
+      out = jax.vmap(lambda x, k: losses.dsm_loss(model_fn, p, x, None, k, sde=sde))(
           x0, jr.split(example_key, 512))
       return jnp.mean(out.loss)
 
@@ -504,7 +504,7 @@ def train_score_network(sde, data, steps, key, width):
   opt_state = optimizer.init(params)
   for i in range(steps):
     params, opt_state, value = step(params, opt_state, jr.fold_in(loss_key, i))
-  return NetworkScore(apply_fn=net.apply, params=params, sde=sde, prediction=Prediction.EPS), float(value)
+  return NetworkScore(model_fn=model_fn, params=params, sde=sde, prediction=Prediction.EPS), float(value)
 
 
 def section_network(args, log):

@@ -106,38 +106,3 @@ def transition(sde: AbstractLinearSDE, t: jax.Array, t_next: jax.Array) -> tuple
   a = jnp.exp(sde.log_alpha(t) - sde.log_alpha(t_next))
   s2 = sde.sigma(t) ** 2 - (a * sde.sigma(t_next)) ** 2
   return a, jnp.maximum(s2, 0.0)
-
-
-def langevin_step_size(score: jax.Array, noise: jax.Array, snr: float,
-                       axis_name: str | None = None) -> jax.Array:
-  """step = 2 (snr |noise| / |score|)^2: the signal-to-noise rule of Song et al. 2021, Alg. 4.
-
-  With ``axis_name`` None the norms are per example, so each sample is independent of its batch.
-  Song et al.'s code averages the norms over the batch; pass the name of the ``vmap`` axis to do
-  the same (``sample_batch`` names its axis "batch"). Per-example norms are what the rule means in
-  high dimension, where they concentrate; in 2-D their ratio is heavy-tailed and the batch
-  average is the stable choice.
-  """
-  score_norm = jnp.sqrt(jnp.sum(score**2))
-  noise_norm = jnp.sqrt(jnp.sum(noise**2))
-  if axis_name is not None:
-    score_norm = jax.lax.pmean(score_norm, axis_name)
-    noise_norm = jax.lax.pmean(noise_norm, axis_name)
-  # A zero score (exactly at a mode) would give an infinite step; use the tiniest positive norm.
-  score_norm = jnp.maximum(score_norm, jnp.finfo(score_norm.dtype).tiny)
-  return 2.0 * (snr * noise_norm / score_norm) ** 2
-
-
-def annealed_step_size(sigma: jax.Array, sigma_last: jax.Array, step_lr: float) -> jax.Array:
-  """step_i = min(step_lr sigma_i^2 / sigma_L^2, 2 sigma_i^2) (Song & Ermon 2019, Alg. 1, with a stability cap).
-
-  Alg. 1 moves x by step/2 score + sqrt(step) z. The score of p_t is (1/sigma_t^2)-Lipschitz
-  (-hess log p_t <= I/sigma_t^2 for x_t = alpha x0 + sigma_t noise); on the sharpest case, a
-  Gaussian of variance sigma^2, the step is x <- (1 - step/(2 sigma^2)) x + sqrt(step) z, which
-  contracts for 0 < step < 4 sigma^2 and diverges beyond. The cap 2 sigma^2 sits halfway to that
-  boundary, where the contraction factor is 0 (the fastest mixing on that Gaussian); its price is a
-  stationary variance sigma^2 / (1 - step/(4 sigma^2)), twice sigma^2 at the cap. The cap is
-  inactive for the paper's setting (step_lr / sigma_L^2 = 0.2) and keeps a step_lr tuned for one
-  ladder from diverging on another (e.g. sub-VP, whose sigma(t_min) is the square of VP's).
-  """
-  return jnp.minimum(step_lr * (sigma / sigma_last) ** 2, 2.0 * sigma**2)

@@ -18,6 +18,7 @@ import harness as H
 from diffusion_jax import analytic, metrics, schedules, sdes
 from diffusion_jax import samplers as S
 from diffusion_jax.samplers.annealed_langevin import annealed_step_size
+from diffusion_jax.samplers.langevin import langevin_step_size
 from diffusion_jax.sampling import sample, sample_batch
 
 GMM = H.GMM_2D
@@ -444,3 +445,13 @@ def test_an_ancestral_first_step_shrinks_the_prior_mismatch():
   assert ode < -10 * se  # the mismatch is real and far outside sampling noise (measured -0.080)
   # Measured -0.045: the bias shrinks by ~0.55 +- 0.05; 0.75 leaves 4 standard errors of the ratio.
   assert abs(chained) < 0.75 * abs(ode)
+
+
+def test_langevin_rule_sets_the_signal_to_noise_ratio():
+  score = jr.normal(jr.key(0), (16,))
+  noise = jr.normal(jr.key(1), (16,))
+  snr = 0.16
+  step = langevin_step_size(score, noise, snr)
+  # Song et al. 2021, App. G: the ratio |step score| / |sqrt(2 step) noise| of drift to noise is snr.
+  ratio = jnp.linalg.norm(step * score) / jnp.linalg.norm(jnp.sqrt(2 * step) * noise)
+  np.testing.assert_allclose(ratio, snr, rtol=1e-5)

@@ -12,12 +12,6 @@ from diffusion_jax.likelihood.solve import OdeSolution, check_solver, solve_ode
 from diffusion_jax.samplers import base
 
 
-class AdaptiveStepAux(base.StepAux):
-  """``StepAux`` plus the solve's success flag (False: out of max_steps, or a non-finite state)."""
-
-  success: jax.Array
-
-
 class AdaptiveODE(base.AbstractSampler):
   """Solve dx~/dlambda = sigma~^2 alpha score(alpha x~, t(lambda)) / 2 from lambda(t) to lambda(t_next).
 
@@ -29,7 +23,7 @@ class AdaptiveODE(base.AbstractSampler):
   step (Tsit5 and Dopri5 are FSAL; see ``likelihood.solve``).
 
   Failures are reported, never silent: where the solve runs out of ``max_steps`` (or its state is
-  not finite) the step returns NaN for that example and ``AdaptiveStepAux.success`` is False;
+  not finite) the step returns NaN for that example and ``StepAux.success`` is False;
   ``solve`` returns the whole ``OdeSolution`` (with ``success``) for callers who want it directly.
   """
 
@@ -63,5 +57,5 @@ class AdaptiveODE(base.AbstractSampler):
     # The solver does not return its last evaluation; x/alpha at t_next stands in for the denoised
     # estimate (it differs from E[x0 | x] by O(sigma/alpha), small at the end of a grid). Use
     # denoise_final=True for the exact Tweedie estimate.
-    aux = AdaptiveStepAux(mean=x_next, denoised=x_scaled, nfe=sol.nfe, success=sol.success)
+    aux = base.StepAux(mean=x_next, denoised=x_scaled, nfe=sol.nfe, success=sol.success)
     return x_next, aux, state
