@@ -180,11 +180,15 @@ def _check_shape(shape) -> tuple[int, ...]:
 # --- the scan -------------------------------------------------------------------------------
 
 
-def _run(sde, score_fn, sampler, ts, x_init, key, denoise_final, save_trajectory) -> SampleOutput:
+def _run(sde, score_fn, sampler, ts, x_init, key, denoise_final, save_trajectory,
+         progress_fn=None) -> SampleOutput:
   denoise_final = sampler.denoise_final_default if denoise_final is None else denoise_final
 
   def body(carry, i):
     x, state, _, _, nfe, ok = carry
+    if progress_fn is not None:
+      # i is not batched, so under vmap the host hears once per step (per device when sharded).
+      jax.debug.callback(progress_fn, i)
     x, aux, state = sampler.step(sde, score_fn, ts[i], ts[i + 1], x, state, key=jr.fold_in(key, i))
     ok = jnp.logical_and(ok, aux.success)
     return (x, state, aux.mean, aux.denoised, nfe + aux.nfe, ok), (x if save_trajectory else None)
@@ -205,14 +209,15 @@ def _run(sde, score_fn, sampler, ts, x_init, key, denoise_final, save_trajectory
 
 def sample(sde: AbstractLinearSDE, score_fn: ScoreFn, sampler: AbstractSampler, ts: jax.Array,
            x_init: jax.Array, *, key: jax.Array | None = None, denoise_final: bool | None = None,
-           save_trajectory: bool = False) -> SampleOutput:
+           save_trajectory: bool = False, progress_fn=None) -> SampleOutput:
   """Run ``sampler`` on ONE example from x_init at ts[0] down the grid ts; optionally finalize.
 
   The final step (``sampler.finalize``; by default Tweedie's E[x0 | x_t] = (x_t + sigma^2 score)/alpha,
   Efron 2011) is taken when ``denoise_final`` is True, or when it is None and the sampler's paper
   takes it (``sampler.denoise_final_default``); it costs one evaluation. ``key`` may be None for a
   deterministic sampler. x_init is one example: a batch is detected when score_fn rejects its
-  shape; pass batches to ``sample_examples`` or ``jax.vmap(sample)``.
+  shape; pass batches to ``sample_examples`` or ``jax.vmap(sample)``. ``progress_fn(i)``, if given,
+  is called on the host after step i starts (``jax.debug.callback``): for progress bars.
   """
   _check_objects(sde, sampler, denoise_final, save_trajectory)
   _checks.check_time_grid("ts", ts, sde.T)
@@ -221,7 +226,7 @@ def sample(sde: AbstractLinearSDE, score_fn: ScoreFn, sampler: AbstractSampler, 
   x_init = jnp.asarray(x_init, dtype)
   check_score_fn(score_fn, x_init.shape, dtype)
   return _run(sde, score_fn, sampler, ts, x_init, _key_for(sampler, key), denoise_final,
-              save_trajectory)
+              save_trajectory, progress_fn)
 
 
 def sample_from_prior(sde: AbstractLinearSDE, score_fn: ScoreFn, sampler: AbstractSampler,
@@ -241,7 +246,7 @@ def example_keys(key: jax.Array, num: int, offset: int | jax.Array = 0) -> jax.A
 
 
 def _examples(sde, score_fn, sampler, ts, keys, cond, *, shape, sampler_axes, denoise_final,
-              save_trajectory):
+              save_trajectory, progress_fn=None):
   """The unchecked vmapped core of ``sample_examples``."""
   dtype = ts.dtype
 
@@ -249,7 +254,8 @@ def _examples(sde, score_fn, sampler, ts, keys, cond, *, shape, sampler_axes, de
     fn = score_fn if cond is None else score_fn.replace(cond=example_cond)
     prior_key, sample_key = jr.split(example_key)
     x_init = sde.prior_sample(prior_key, shape).astype(dtype)
-    return _run(sde, fn, example_sampler, ts, x_init, sample_key, denoise_final, save_trajectory)
+    return _run(sde, fn, example_sampler, ts, x_init, sample_key, denoise_final, save_trajectory,
+                progress_fn)
 
   cond_axes = None if cond is None else 0
   # The axis is named so a sampler may opt into batch statistics (Langevin(axis_name="batch")).
@@ -259,7 +265,7 @@ def _examples(sde, score_fn, sampler, ts, keys, cond, *, shape, sampler_axes, de
 def sample_examples(sde: AbstractLinearSDE, score_fn: ScoreFn, sampler: AbstractSampler,
                     ts: jax.Array, keys: jax.Array, *, shape: tuple[int, ...], cond: Any = None,
                     sampler_axes: Any = None, denoise_final: bool | None = None,
-                    save_trajectory: bool = False) -> SampleOutput:
+                    save_trajectory: bool = False, progress_fn=None) -> SampleOutput:
   """Examples n < len(keys), unjitted: x_init ~ prior from split(keys[n])[0], then ``sample`` with split(keys[n])[1].
 
   Example n samples with ``score_fn.replace(cond=cond_n)`` when ``cond`` (a pytree whose leaves
@@ -269,6 +275,8 @@ def sample_examples(sde: AbstractLinearSDE, score_fn: ScoreFn, sampler: Abstract
   mask per example), or a pytree prefix of the sampler with 0/None per part, as jax.vmap's in_axes.
   The caller jits it (``sample_batch`` does; the runner adds shardings), with ``shape``,
   ``sampler_axes``, ``denoise_final`` and ``save_trajectory`` static (they shape the program).
+  ``progress_fn(i)`` is called on the host at step i (see ``sample``); pass a function that stays
+  the same object across calls, or every call compiles anew.
   """
   _check_objects(sde, sampler, denoise_final, save_trajectory)
   _checks.check_time_grid("ts", ts, sde.T)
@@ -280,7 +288,7 @@ def sample_examples(sde: AbstractLinearSDE, score_fn: ScoreFn, sampler: Abstract
   check_score_fn(score_fn, shape, dtype, cond_struct)
   return _examples(sde, score_fn, sampler, jnp.asarray(ts, dtype), keys, cond, shape=shape,
                    sampler_axes=sampler_axes, denoise_final=denoise_final,
-                   save_trajectory=save_trajectory)
+                   save_trajectory=save_trajectory, progress_fn=progress_fn)
 
 
 def _as_pytree(score_fn):

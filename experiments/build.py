@@ -17,7 +17,7 @@ from diffusion_jax import (_checks, conditions, data, likelihood, losses, nets, 
 from diffusion_jax.analytic import GaussianMixture
 from diffusion_jax.losses import Weighting
 from diffusion_jax.parameterization import Prediction
-from experiments import input_pipeline
+from experiments import input_pipeline, progress
 from experiments.evaluate import toy as evaluate_toy
 from experiments.method import Method
 
@@ -312,7 +312,8 @@ def build_method(config: ml_collections.ConfigDict) -> Method:
 
   def sample(params, keys, cond):
     out = sampling.sample_examples(sde, score_fn(params), sampler, jnp.asarray(ts), keys,
-                                   shape=shape, cond=cond, denoise_final=denoise_final)
+                                   shape=shape, cond=cond, denoise_final=denoise_final,
+                                   progress_fn=progress.report_step)
     return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
 
   def evaluate(draw, key):

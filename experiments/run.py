@@ -15,7 +15,7 @@ import pathlib
 import jax
 
 from diffusion_jax import sampling as sample_lib
-from experiments import build
+from experiments import build, progress
 from experiments import sharding as sharding_lib
 from experiments.checkpoints import Checkpoints
 from experiments.keys import likelihood_key, sampling_key  # noqa: F401  (re-exported)
@@ -57,7 +57,8 @@ def draw_samples(score_fn, sde, sampler, ts, key: jax.Array, *, num: int, shape:
 
   def sample(fn, keys, rows):
     out = sample_lib.sample_examples(sde, fn, sampler, ts, keys, shape=shape, cond=rows,
-                                     denoise_final=denoise_final)
+                                     denoise_final=denoise_final,
+                                     progress_fn=progress.report_step)
     return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
 
   program = sharding_lib.make_sharded_sampler(sample, mesh)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from diffusion_jax import train as train_lib
 from experiments import workdir as workdir_lib
 from experiments import build, keys, sharding
+from experiments import progress as progress_lib
 from experiments.checkpoints import Checkpoints
 from experiments.evaluate import toy as evaluate_toy
 
@@ -181,9 +182,11 @@ def make_draw(method, params, config, mesh, *, progress: bool = False):
   chunks of config.sampling.batch_size, example n with key fold_in(sampling_key, n)."""
   program = sharding.make_sharded_sampler(method.sample, mesh)
 
+  num_steps = len(build.build_time_grid(config, build.build_sde(config))) - 1
+
   def draw(num, cond=None):
-    with tqdm(total=num, desc="sample", disable=not progress or jax.process_index() != 0,
-              dynamic_ncols=True) as bar:
+    with progress_lib.StepBar(num=num, batch_size=config.sampling.batch_size,
+                              num_steps=num_steps, enabled=progress) as bar:
       return sharding.draw(program, params, keys.sampling_key(config), num=num, mesh=mesh,
                            cond=cond, batch_size=config.sampling.batch_size, progress=bar)
 

@@ -234,9 +234,9 @@ def test_sample_and_likelihood_remember_the_trained_run(trained_ve):
   proc = _main(f"--workdir={trained_ve}", "--mode=sample", *EVAL_SETTINGS)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "Wrote" in proc.stdout and "energy_distance" in proc.stdout
-  stem = trained_ve / "samples" / "euler_maruyama_20steps_step6"
+  stem = trained_ve / "samples" / sampling.output_stem(_explicit_config(), 6)
   remembered = dict(np.load(f"{stem}.npz"))
-  remembered_summary = json.loads(stem.with_suffix(".json").read_text())
+  remembered_summary = json.loads(open(f"{stem}.json").read())  # the stem holds dots (tmin0.001)
 
   proc = _main(f"--workdir={trained_ve}", "--mode=eval_likelihood", *EVAL_SETTINGS)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,6 +8,7 @@ import pytest
 
 from diffusion_jax import analytic, losses, sdes
 from diffusion_jax.parameterization import EDMPrecond, Prediction
+import harness as H
 
 N = 20_000
 D = 2
@@ -74,10 +75,10 @@ def test_gradient_vanishes_at_the_true_parameters(sde, weighting):
       assert np.any(z > 10), z  # and clearly not zero away from the truth: the test has power
 
 
-SDES = [sdes.VPSDE(), sdes.VESDE()]
+SDES = list(H.SDES)
 
 
-@pytest.mark.parametrize("sde", SDES, ids=["vp", "ve"])
+@pytest.mark.parametrize("sde", SDES, ids=H.SDE_IDS)
 def test_exact_gmm_score_beats_perturbed_scores(sde):
   dm = analytic.DiffusedMixture(analytic.eight_gaussians(), sde)
   x0 = dm.data.sample(jr.key(4), N)

@@ -10,9 +10,9 @@ import pytest
 
 from diffusion_jax import analytic, sdes
 from diffusion_jax.parameterization import EDMPrecond, NetworkScore, Prediction, convert, edm_coefficients
+import harness as H
 
-SDES = [sdes.VPSDE(), sdes.SubVPSDE(), sdes.VESDE()]
-IDS = ["vp", "subvp", "ve"]
+SDES, IDS = list(H.SDES), list(H.SDE_IDS)
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
@@ -160,7 +160,7 @@ def gaussian_f_target(m, v, sigma_data):
   return raw_model_fn
 
 
-@pytest.mark.parametrize("sde", SDES + [sdes.CosineVPSDE()], ids=IDS + ["cosine"])
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_edm_precond_of_the_exact_f_is_the_exact_posterior_mean(sde):
   m, v = jnp.array([0.6, -1.2, 0.1]), jnp.array([0.3, 0.05, 1.5])
   gmm = analytic.GaussianMixture.create(jnp.ones(1), m[None], v[None])

@@ -94,3 +94,21 @@ def test_ancestral_start_from_the_config():
   assert sampler == samplers.Chain(samplers.DDIM(eta=1.0), samplers.IPNDM(), steps=1)
   with pytest.raises(ValueError, match="config.sampling.ancestral_start_steps"):
     build.build_sampler(sample_config(sampler="ipndm", ancestral_start_steps=-1))
+
+
+def test_step_bar_counts_sampler_steps_per_chunk_and_keeps_the_furthest():
+  """Three chunks of a 4-step sampler: 12 ticks; a step heard twice (two devices) counts once, and
+  a chunk whose steps were not heard still completes at its end."""
+  from experiments import progress
+
+  with progress.StepBar(num=10, batch_size=4, num_steps=4) as bar:
+    for i in (0, 0, 1, 2, 3, 3):
+      progress.report_step(i)
+    assert bar.bar.n == 4
+    bar.update(4)  # first chunk done
+    progress.report_step(1)
+    assert bar.bar.n == 6
+    bar.update(4)
+    bar.update(2)  # last chunk: no step heard
+    assert bar.bar.n == bar.bar.total == 12
+  progress.report_step(0)  # outside a bar: ignored

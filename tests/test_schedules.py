@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from diffusion_jax import schedules, sdes
+import harness as H
 
-SDES = [sdes.VPSDE(), sdes.SubVPSDE(), sdes.VESDE(), sdes.CosineVPSDE(), sdes.VPSDE(2.0, 2.0)]
-IDS = ["vp", "subvp", "ve", "cosine", "vp_const"]
+SDES = list(H.SDES) + [sdes.VPSDE(2.0, 2.0)]  # and a constant-beta VP
+IDS = list(H.SDE_IDS) + ["vp_const"]
 
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)

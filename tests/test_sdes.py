@@ -10,13 +10,15 @@ import pytest
 
 from diffusion_jax import sdes
 from diffusion_jax.sde import AbstractLinearSDE, ProbabilityFlowODE, ReverseSDE
+from diffusion_jax.simulate import simulate_forward
+import harness as H
 
 B0, B1 = 0.1, 20.0
 S0, S1 = 0.01, 50.0
 TS = np.linspace(0.0, 1.0, 11)
 
-ALL = [sdes.VPSDE(B0, B1), sdes.SubVPSDE(B0, B1), sdes.VESDE(S0, S1), sdes.CosineVPSDE()]
-IDS = ["vp", "subvp", "ve", "cosine"]
+ALL, IDS = list(H.SDES), list(H.SDE_IDS)  # VP/sub-VP with beta (B0, B1), VE with sigma (S0, S1)
+assert (ALL[0].beta_min, ALL[0].beta_max, ALL[2].sigma_min, ALL[2].sigma_max) == (B0, B1, S0, S1)
 # Every SDE with its closed-form inverse of the log-SNR, constant-rate schedules included.
 WITH_CONSTANT = ALL + [sdes.VPSDE(2.0, 2.0), sdes.SubVPSDE(2.0, 2.0)]
 WITH_CONSTANT_IDS = IDS + ["vp_const", "subvp_const"]
@@ -77,21 +79,6 @@ def test_diffusion_and_drift_under_jit_and_vmap(sde):
   assert jax.jit(sde.diffusion)(0.5) == pytest.approx(float(sde.diffusion(0.5)), rel=1e-6)
 
 
-def _simulate_forward(sde, x_start, t_end, num_steps, key):
-  """Euler-Maruyama of dx = f(x, t) dt + g(t) dw from t = 0, all paths at once."""
-  dt = t_end / num_steps
-
-  def step(x, inputs):
-    i, k = inputs
-    t = i * dt
-    x = x + sde.drift(x, t) * dt + sde.diffusion(t) * math.sqrt(dt) * jr.normal(k, x.shape)
-    return x, None
-
-  keys = jr.split(key, num_steps)
-  x, _ = jax.lax.scan(step, x_start, (jnp.arange(num_steps), keys))
-  return x
-
-
 @pytest.mark.parametrize("sde", ALL, ids=IDS)
 def test_simulated_forward_sde_matches_marginal(sde):
   # Start from the marginal at t = 0 (x0 plus sigma(0) noise: nonzero for VE by construction).
@@ -100,7 +87,8 @@ def test_simulated_forward_sde_matches_marginal(sde):
   alpha0, sigma0 = sde.marginal(0.0)
   x_start = alpha0 * x0 + sigma0 * jr.normal(key_start, (num_paths,))
   for t_end in (0.1, 0.5):
-    x = _simulate_forward(sde, x_start, t_end, 1000, jr.fold_in(key_path, int(t_end * 10)))
+    x = simulate_forward(sde, x_start, jnp.linspace(0.0, t_end, 1001),
+                         key=jr.fold_in(key_path, int(t_end * 10)), save_path=False)
     alpha, sigma = sde.marginal(t_end)
     mean_se = float(sigma) / math.sqrt(num_paths)
     std_se = float(sigma) / math.sqrt(2 * num_paths)

@@ -80,11 +80,6 @@ def half_log_snr(sde: AbstractLinearSDE, t: jax.Array) -> jax.Array:
   return 0.5 * sde.log_snr(t)
 
 
-def edm_sigma(sde: AbstractLinearSDE, t: jax.Array) -> jax.Array:
-  """sigma~(t) = sigma(t)/alpha(t) = exp(-lambda(t)/2): EDM's noise level of x / alpha."""
-  return jnp.exp(-0.5 * sde.log_snr(t))
-
-
 class AbstractSampler(flax.struct.PyTreeNode, abc.ABC):
   """A one-step rule from t to t_next on one example, with a small state between steps."""
 

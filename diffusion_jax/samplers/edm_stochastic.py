@@ -8,7 +8,7 @@ import flax.struct
 import jax.numpy as jnp
 import jax.random as jr
 
-from diffusion_jax import _checks, schedules
+from diffusion_jax import _checks
 from diffusion_jax.samplers import base
 from diffusion_jax.samplers.heun import heun_step
 
@@ -40,11 +40,11 @@ class EDMStochastic(base.AbstractSampler):
     return base.start_counter(ts)
 
   def step(self, sde, score_fn, t, t_next, x, counter, *, key):
-    sigma, sigma_next = base.edm_sigma(sde, t), base.edm_sigma(sde, t_next)
+    sigma, sigma_next = sde.edm_sigma(t), sde.edm_sigma(t_next)
     gamma = jnp.minimum(self.s_churn / counter.num_steps, math.sqrt(2.0) - 1.0)
     gamma = jnp.where((sigma >= self.s_tmin) & (sigma <= self.s_tmax), gamma, 0.0)
-    sigma_hat = jnp.minimum(sigma * (1.0 + gamma), base.edm_sigma(sde, sde.T))
-    t_hat = schedules.time_at_log_snr(sde, -2.0 * jnp.log(sigma_hat))
+    sigma_hat = jnp.minimum(sigma * (1.0 + gamma), sde.edm_sigma(sde.T))
+    t_hat = sde.time_at_edm_sigma(sigma_hat)
     # Alg. 2, lines 5-6: raise the noise level from sigma~ to sigma^ with fresh noise.
     noise = jr.normal(key, x.shape, x.dtype)
     x_scaled = x / sde.alpha(t)

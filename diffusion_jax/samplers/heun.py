@@ -32,7 +32,7 @@ class Heun(base.AbstractSampler):
 
   def step(self, sde, score_fn, t, t_next, x, state, *, key):
     del key
-    sigma, sigma_next = base.edm_sigma(sde, t), base.edm_sigma(sde, t_next)
+    sigma, sigma_next = sde.edm_sigma(t), sde.edm_sigma(t_next)
     x_scaled, denoised = heun_step(sde, score_fn, x / sde.alpha(t), sigma, t, sigma_next, t_next)
     x_next = x_scaled * sde.alpha(t_next)
     return x_next, base.StepAux(mean=x_next, denoised=denoised, nfe=base.nfe(2)), state

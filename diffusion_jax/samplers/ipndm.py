@@ -41,7 +41,7 @@ class IPNDM(base.AbstractSampler):
     weights = jnp.asarray(_AB_WEIGHTS[: self.order, : self.order], x.dtype)[k - 1]
     eps_all = jnp.concatenate([ev.eps[None], state.values[: self.order - 1]])
     eps_eff = jnp.tensordot(weights, eps_all, axes=1)
-    sigma, sigma_next = base.edm_sigma(sde, t), base.edm_sigma(sde, t_next)
+    sigma, sigma_next = sde.edm_sigma(t), sde.edm_sigma(t_next)
     x_next = (x / sde.alpha(t) + (sigma_next - sigma) * eps_eff) * sde.alpha(t_next)
     aux = base.StepAux(mean=x_next, denoised=ev.denoised, nfe=base.nfe(1))
     return x_next, aux, history.push(state, base.half_log_snr(sde, t), ev.eps)
