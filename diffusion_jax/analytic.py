@@ -113,7 +113,36 @@ class GaussianMixture(flax.struct.PyTreeNode):
     return GaussianMixture(weights, self.means, self.variances)
 
 
-class DiffusedMixture(flax.struct.PyTreeNode):
+class _DiffusedReadings:
+  """What follows from ``marginal(t)`` (a GaussianMixture, the law of x_t): log-density, score,
+  noise prediction, posterior mean and samples, for the diffused mixture and its conditionals."""
+
+  def log_prob(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """log p_t(x)."""
+    return self.marginal(t).log_prob(x)
+
+  def score(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """The exact score grad_x log p_t(x): a ``score_fn(x, t)``."""
+    return self.marginal(t).score(x)
+
+  def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    return self.score(x, t)
+
+  def eps(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """The exact noise prediction E[noise | x_t = x] = -sigma(t) score."""
+    return -self.sde.sigma(t) * self.score(x, t)
+
+  def denoised(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """The exact posterior mean E[x0 | x_t = x] = (x + sigma^2 score) / alpha (Tweedie's formula)."""
+    alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
+    return (x + sigma**2 * self.score(x, t)) / alpha
+
+  def sample(self, key: jax.Array, t: jax.Array, num: int) -> jax.Array:
+    """``num`` exact draws of x_t."""
+    return self.marginal(t).sample(key, num)
+
+
+class DiffusedMixture(_DiffusedReadings, flax.struct.PyTreeNode):
   """A Gaussian mixture pushed through a linear SDE: exact quantities at every time t."""
 
   data: GaussianMixture
@@ -122,28 +151,6 @@ class DiffusedMixture(flax.struct.PyTreeNode):
   def marginal(self, t: jax.Array) -> GaussianMixture:
     """p_t, the law of x_t."""
     return self.data.perturbed(self.sde.alpha(t), self.sde.sigma(t))
-
-  def log_prob(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    return self.marginal(t).log_prob(x)
-
-  def score(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    """The exact score grad_x log p_t(x): a ``score_fn(x, t)``."""
-    return self.marginal(t).score(x)
-
-  __call__ = score
-
-  def eps(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    """The exact noise prediction E[noise | x_t = x] = -sigma(t) score."""
-    return -self.sde.sigma(t) * self.score(x, t)
-
-  def denoised(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    """The exact posterior mean E[x0 | x_t = x] (Tweedie's formula)."""
-    alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
-    return (x + sigma**2 * self.score(x, t)) / alpha
-
-  def sample(self, key: jax.Array, t: jax.Array, num: int) -> jax.Array:
-    """``num`` exact draws of x_t."""
-    return self.marginal(t).sample(key, num)
 
   def class_log_probs(self, x: jax.Array, t: jax.Array) -> jax.Array:
     """The exact noisy classifier log p(y | x_t = x) for every class y (K,): the log posterior
@@ -160,7 +167,7 @@ class DiffusedMixture(flax.struct.PyTreeNode):
     return g_y - (r @ (p_t.means * inv_var) - x * (r @ inv_var))
 
 
-class ConditionalDiffusedMixture(flax.struct.PyTreeNode):
+class ConditionalDiffusedMixture(_DiffusedReadings, flax.struct.PyTreeNode):
   """The exact conditional score grad_x log p_t(x | y) of a labelled mixture (class y = component y).
 
   A conditional score function: ``score_fn.replace(cond=y)`` binds a class; cond = K (the null
@@ -179,29 +186,6 @@ class ConditionalDiffusedMixture(flax.struct.PyTreeNode):
   def marginal(self, t: jax.Array) -> GaussianMixture:
     """p_t(. | y): component y diffused (or the whole diffused mixture for y = K)."""
     return self.mixture.conditioned(self._cond()).perturbed(self.sde.alpha(t), self.sde.sigma(t))
-
-  def log_prob(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    """log p_t(x | y)."""
-    return self.marginal(t).log_prob(x)
-
-  def score(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    """grad_x log p_t(x | y): a ``score_fn(x, t)``."""
-    return self.marginal(t).score(x)
-
-  __call__ = score
-
-  def eps(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    """E[noise | x_t = x, y] = -sigma(t) score."""
-    return -self.sde.sigma(t) * self.score(x, t)
-
-  def denoised(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    """E[x0 | x_t = x, y] = (x + sigma^2 score) / alpha (Tweedie's formula, given y)."""
-    alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)
-    return (x + sigma**2 * self.score(x, t)) / alpha
-
-  def sample(self, key: jax.Array, t: jax.Array, num: int) -> jax.Array:
-    """``num`` exact draws of x_t | y."""
-    return self.marginal(t).sample(key, num)
 
 
 def random_mixture(key: jax.Array, dim: int, *, num_components: int = 4,
