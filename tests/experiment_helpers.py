@@ -21,3 +21,14 @@ def subprocess_env(**extra) -> dict:
 
 def assert_trees_equal(a, b):
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def tiny_config(**training):
+  """experiments/configs/toy2d_tiny.py keeping 3 checkpoints, with training fields overridden."""
+  from experiments.configs import toy2d_tiny
+
+  config = toy2d_tiny.get_config()
+  config.training.keep_checkpoints = 3
+  for k, v in training.items():
+    config.training[k] = v
+  return config

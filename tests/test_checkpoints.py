@@ -9,17 +9,8 @@ import shutil
 import pytest
 
 from experiments import checkpoints, run
-from experiments.configs import toy2d_tiny
 from experiments.train import TrainingDiverged
-from experiment_helpers import assert_trees_equal
-
-
-def tiny_config(**training):
-  config = toy2d_tiny.get_config()
-  config.training.keep_checkpoints = 3
-  for k, v in training.items():
-    config.training[k] = v
-  return config
+from experiment_helpers import assert_trees_equal, tiny_config
 
 
 @pytest.fixture(scope="module")

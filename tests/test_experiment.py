@@ -20,7 +20,7 @@ from diffusion_jax import analytic, samplers, sampling, schedules, sdes, train
 from experiments import build, input_pipeline, keys, run, sharding
 from experiments import train as train_loop
 from experiments.configs import toy2d_tiny
-from experiment_helpers import REPO, assert_trees_equal, subprocess_env
+from experiment_helpers import REPO, assert_trees_equal, subprocess_env, tiny_config
 
 # ---------------------------------------------------------------------------------------------
 # Clear errors.
@@ -81,14 +81,6 @@ def test_mismatched_data_shapes_raise():
 
 # ---------------------------------------------------------------------------------------------
 # Resumption and atomic checkpoints.
-
-
-def tiny_config(**training):
-  config = toy2d_tiny.get_config()
-  config.training.keep_checkpoints = 3
-  for k, v in training.items():
-    config.training[k] = v
-  return config
 
 
 @pytest.fixture(scope="module")
