@@ -161,3 +161,22 @@ class EDMPrecond(flax.struct.PyTreeNode):
     x_tilde = x / _expand(alpha, x)
     f = self.raw_model_fn(params, _expand(c_in, x) * x_tilde, c_noise, cond, key=key, train=train)
     return _expand(c_skip, x) * x_tilde + _expand(c_out, x) * f
+
+
+class LogSigmaInput(flax.struct.PyTreeNode):
+  """A network conditioned on log sigma(t) as a ``model_fn`` of t (Song et al. 2021's NCSN++ on the
+  VE SDE; Song & Ermon 2019's NCSN): ``model_fn(params, x, log sigma(t), cond, ...)``."""
+
+  model_fn: Callable = flax.struct.field(pytree_node=False)
+  sde: AbstractLinearSDE = flax.struct.field(pytree_node=False)
+
+  def __post_init__(self):
+    if not callable(self.model_fn):
+      raise TypeError(f"model_fn must be callable, got {type(self.model_fn).__name__}.")
+    if not isinstance(self.sde, AbstractLinearSDE):
+      raise TypeError(f"sde must be an AbstractLinearSDE instance, got {self.sde!r}.")
+
+  def __call__(self, params: Any, x: jax.Array, t: jax.Array, cond: Any = None, *,
+               key: jax.Array | None = None, train: bool = False) -> jax.Array:
+    log_sigma = jnp.log(self.sde.sigma(jnp.asarray(t, x.dtype)))
+    return self.model_fn(params, x, log_sigma, cond, key=key, train=train)

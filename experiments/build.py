@@ -80,6 +80,13 @@ def _mixture(config: ml_collections.ConfigDict) -> GaussianMixture:
   return GaussianMixture.create(config.data.mixture_weights, means, variances)
 
 
+IMAGE_DATASETS = ("digits", "shapes", "mnist", "fashion_mnist", "cifar10", "celeb_a")
+
+
+def is_image_data(config: ml_collections.ConfigDict) -> bool:
+  return config.data.name in IMAGE_DATASETS
+
+
 DATASETS = ("eight_gaussians", "checkerboard", "two_moons", "swiss_roll", "gaussian_mixture",
             "labelled_mixture")
 
@@ -280,7 +287,17 @@ def _check_conditioning(config: ml_collections.ConfigDict, dataset) -> int:
 
 
 def build_method(config: ml_collections.ConfigDict) -> Method:
-  """config -> the denoising-score method: DSM loss (with label dropout when conditional), the
+  """config -> the method record the runner trains, samples and evaluates: images (config.data.name
+  one of IMAGE_DATASETS) or 2-D toy data."""
+  if is_image_data(config):
+    from experiments import build_images
+
+    return build_images.build_image_method(config)
+  return _build_toy_method(config)
+
+
+def _build_toy_method(config: ml_collections.ConfigDict) -> Method:
+  """The denoising-score method on toy data: DSM loss (with label dropout when conditional), the
   configured sampler on the configured grid, the toy two-sample evaluation."""
   sde, module, prediction = build_sde(config), build_model(config), build_prediction(config)
   dataset = build_dataset(config)
@@ -316,11 +333,17 @@ def build_method(config: ml_collections.ConfigDict) -> Method:
                                    progress_fn=progress.report_step)
     return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
 
-  def evaluate(draw, key):
+  def evaluate(draw, key, params=None):
+    del params  # the toy evaluation needs samples only
     e = config.eval
     return evaluate_toy.evaluate(draw, dataset, key, num_samples=config.sampling.num_samples,
                                  floor_repeats=e.floor_repeats, mmd_bandwidth=e.mmd_bandwidth,
                                  num_projections=e.num_projections, num_classes=num_classes)
+
+  def write_figure(path, plot, title):
+    evaluate_toy.plot_samples(path, plot["samples"], plot["reference"], title,
+                              labels=plot.get("labels"))
+
   return Method(init=init, train_step=train_step, sample=sample, evaluate=evaluate,
                 example_shape=shape, loss_fn=loss_fn, cond_key=cond_key, null_cond=null_cond,
-                score_fn=score_fn)
+                score_fn=score_fn, write_figure=write_figure)

@@ -19,14 +19,21 @@ class Method:
     single-player method ``make_train_step(loss_fn, ...)``, for a game ``make_multi_train_step``.
   sample(params, keys, cond) -> {"x": (N, *shape), ...}: unjitted, vmapped over the N example keys
     (and condition rows, or cond None); the runner jits it with shardings.
-  evaluate(draw, key) -> (summary, plot data): ``draw(num, cond)`` is the runner's sharded sampler
-    over the EMA parameters; one evaluation module per kind of data (``experiments/evaluate``).
+  evaluate(draw, key, params=None) -> (summary, plot data): ``draw(num, cond)`` is the runner's
+    sharded sampler over the EMA parameters ``params``; with ``params`` the evaluation may also
+    score the model itself (images: test bits/dim), without it only its samples (--mode=sample).
+    One evaluation module per kind of data (``experiments/evaluate``).
   example_shape: the shape of one example's "x0".
   loss_fn: the per-example loss ``train_step`` was built from (None for games).
   cond_key: the batch entry that conditions the model (None: unconditional).
   null_cond: the condition meaning "unconditional" (classifier-free guidance, evaluation).
   score_fn(params, cond=None) -> per-example score function (score-based methods; else None).
   log_likelihood: optional per-example log-likelihood or bound (None where the method has none).
+  write_figure(path, plot_data, title): the PNG of ``evaluate``'s plot data (samples.png).
+  write_grid(path, x, title): a PNG grid of model samples ``x`` (N, *shape): the sample grids
+    written during training (config.training.sample_every); None: the method has none.
+  to_data_range(x) -> array: model samples in the data's own range and type (images: integer
+    levels), saved next to them; None: the model's range is the data's.
   """
 
   init: Callable
@@ -39,3 +46,6 @@ class Method:
   null_cond: object = None
   score_fn: Callable | None = None
   log_likelihood: Callable | None = None
+  write_figure: Callable | None = None
+  write_grid: Callable | None = None
+  to_data_range: Callable | None = None

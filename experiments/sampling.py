@@ -26,7 +26,6 @@ import numpy as np
 from experiments import build, keys, sharding
 from experiments import train as train_lib
 from experiments.checkpoints import Checkpoints
-from experiments.evaluate import toy as evaluate_toy
 
 # Hyperparameters that matter for each sampler (the others are ignored by it).
 _SAMPLER_FIELDS = {
@@ -68,16 +67,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
   if state is None:
     raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}.")
 
-  draws = {}
-  draw = train_lib.make_draw(method, state.ema_params, config, mesh, progress=True)
-
-  def recording_draw(num, cond=None):
-    out = draw(num, cond)
-    draws.update(out, **({} if cond is None else {"labels": np.asarray(cond)}))
-    return out
-
+  draws, draw = train_lib.recording_draw(
+      train_lib.make_draw(method, state.ema_params, config, mesh, progress=True))
   tic = time.perf_counter()
-  summary, plot = method.evaluate(recording_draw, keys.eval_key(config))
+  summary, plot = method.evaluate(draw, keys.eval_key(config))
   seconds = time.perf_counter() - tic
   if jax.process_index() != 0:
     return {}
@@ -88,11 +81,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
   summary = {"checkpoint_step": restored, **summary,
              "sampler": {**train_lib.sampler_summary(config), "nfe_mean": summary["nfe_mean"],
                          "seconds": seconds}}
-  np.savez(out_dir / f"{stem}.npz", ts=ts, **draws)
+  train_lib.save_draws(out_dir / f"{stem}.npz", draws, method, ts)
   (out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2))
-  evaluate_toy.plot_samples(out_dir / f"{stem}.png", plot["samples"], plot["reference"],
-                            f"{sc.sampler}, {len(ts) - 1} steps, NFE {summary['nfe_mean']:.0f}",
-                            labels=plot.get("labels"))
+  method.write_figure(out_dir / f"{stem}.png", plot,
+                      f"{sc.sampler}, {len(ts) - 1} steps, NFE {summary['nfe_mean']:.0f}")
   print(f"Checkpoint step {restored}, {summary['sampler']['repr']}: model vs exact data "
         f"{train_lib.headline(summary)}. Wrote {out_dir / stem}.npz, .json and .png.")
   return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import pathlib
 
 import ml_collections
 
@@ -237,16 +238,86 @@ def _build(section: str, fn, *args):
     raise ConfigError(message if "config." in message else f"config.{section}: {message}") from e
 
 
+def _check_image_numbers(config: ml_collections.ConfigDict) -> None:
+  """The fields only image configs have: their types, ranges and mutual constraints."""
+  from experiments import build_images
+
+  c = _Checker(config)
+  name = config.data.name
+  if name == "shapes" and config.data.resolution not in (16, 32):
+    raise ConfigError(f"config.data.resolution must be 16 or 32 for the shapes, got "
+                      f"{config.data.resolution!r}.")
+  if name == "shapes":
+    c.int("data.num_train")
+  c.int("data.num_test")
+  if name in build_images.TFDS_DATASETS and config.data.source != "tfds":
+    raise ConfigError(f"config.data.name={name!r} is a TFDS dataset: set config.data.source='tfds' "
+                      "(and config.data.tfds_data_dir to where it is prepared).")
+  if name in ("digits", "shapes") and config.data.source != "array":
+    raise ConfigError(f"config.data.name={name!r} is generated in memory: config.data.source must "
+                      f"be 'array', got {config.data.source!r}.")
+  m = config.model
+  if m.name not in build_images.MODELS:
+    raise ConfigError(f"config.model.name must be one of {build_images.MODELS} for image data, got "
+                      f"{m.name!r}.")
+  c.int("model.model_channels")
+  mult = m.channel_mult
+  if not (isinstance(mult, tuple) and mult and all(_is_int(v) and v >= 1 for v in mult)):
+    raise ConfigError(f"config.model.channel_mult must be a non-empty tuple of integers >= 1, got "
+                      f"{mult!r}.")
+  c.int("model.num_res_blocks")
+  height = build_images.image_shape(config)[0]
+  resolutions = [height // 2**i for i in range(len(mult))]
+  if height % 2 ** (len(mult) - 1):
+    raise ConfigError(f"config.model.channel_mult has {len(mult)} levels, so the image side "
+                      f"{height} must be divisible by {2 ** (len(mult) - 1)}.")
+  attn = m.attn_resolutions
+  if not isinstance(attn, tuple) or any(r not in resolutions for r in attn):
+    raise ConfigError(f"config.model.attn_resolutions must be a tuple of the U-Net's resolutions "
+                      f"{tuple(resolutions)}, got {attn!r}.")
+  c.probability("model.dropout")
+  c.positive("model.noise_scale")
+  if config.training.loss not in build_images.LOSSES:
+    raise ConfigError(f"config.training.loss must be one of {build_images.LOSSES}, got "
+                      f"{config.training.loss!r}.")
+  c.positive("training.sigma_data")
+  c.positive("training.p_std")
+  c.int("training.sample_every", minimum=0)
+  c.int("training.sample_grid_size")
+  c.int("eval.floor_repeats", minimum=2)
+  if config.eval.features not in ("classifier", "inception"):
+    raise ConfigError(f"config.eval.features must be 'classifier' or 'inception', got "
+                      f"{config.eval.features!r}.")
+  if config.eval.features == "inception":
+    path = config.eval.inception_weights
+    if not path or not pathlib.Path(path).expanduser().is_file():
+      raise ConfigError("config.eval.features='inception' needs config.eval.inception_weights, the "
+                        "path of an Inception-v3 FID weights file (pytorch-fid's "
+                        "pt_inception-2015-12-05-6726825d.pth or jax-fid's "
+                        f"inception_v3_weights_fid.pickle); got {path!r}, which is not a file.")
+  conf = config.eval.confidence
+  if not (_is_real(conf) and 0 < conf < 1):
+    raise ConfigError(f"config.eval.confidence must lie in (0, 1), got {conf!r}.")
+
+
 def _build_everything(config: ml_collections.ConfigDict) -> None:
   """Build each piece once (cheap: no network initialisation); build.py names bad string keys."""
   from experiments import build
 
   sde = _build("sde", build.build_sde, config)
   _check_times(config, sde)
-  _build("model", build.build_model, config)
-  _build("model", build.build_prediction, config)
+  if build.is_image_data(config):
+    from experiments import build_images
+
+    _check_image_numbers(config)
+    _build("model", build_images.build_image_model, config, config.model.num_classes)
+    if config.training.loss == "dsm":
+      _build("model", build.build_prediction, config)
+  else:
+    _build("model", build.build_model, config)
+    _build("model", build.build_prediction, config)
+    _build("data", build.build_dataset, config)
   _build("training", build.build_weighting, config)
-  _build("data", build.build_dataset, config)
   _build("training", build.build_optimizer, config)
   _build("sampling", build.build_sampler, config)
   _build("sampling", build.build_time_grid, config, sde)

@@ -501,7 +501,7 @@ def _dirac_mixture(levels, dims, data_range=(-1.0, 1.0)):
   lo, hi = data_range
   grid = np.array(list(itertools.product(range(levels), repeat=dims)))
   weights = np.prod(_PROBS[grid], axis=1)
-  return analytic.GaussianMixture.create(weights, lo + (hi - lo) * grid / (levels - 1), 1e-8)
+  return analytic.GaussianMixture.create(weights, lo + (hi - lo) * (grid + 0.5) / levels, 1e-8)
 
 
 def test_ddpm_elbo_equals_monte_carlo_through_the_forward_chain():
@@ -512,7 +512,7 @@ def test_ddpm_elbo_equals_monte_carlo_through_the_forward_chain():
   oracle = analytic.DiffusedMixture(_dirac_mixture(_LEVELS, dims), sde)
   score = lambda x, t: 0.8 * oracle.score(x, t)
   pixels = jnp.array([1, 3])
-  x0 = -1.0 + 2.0 * pixels / (_LEVELS - 1)
+  x0 = -1.0 + 2.0 * (pixels + 0.5) / _LEVELS  # level k at the centre of its cell
   n_mc = 20000
 
   elbo = jax.jit(jax.vmap(lambda key: lk.ddpm_elbo(sde, score, pixels, key=key,
@@ -543,8 +543,8 @@ def test_ddpm_elbo_equals_monte_carlo_through_the_forward_chain():
               + jnp.sqrt(1 - betas[n - 1]) * (1 - abar_prev[n - 1]) * x_n) / (1 - abar[n - 1])
       if n > 1:
         log_p += jnp.sum(jax.scipy.stats.norm.logpdf(xs[n - 2], mean, jnp.sqrt(post_var[n - 1])))
-      else:  # the discretized Gaussian decoder over bins of half-width 1/(L-1)
-        half = 1.0 / (_LEVELS - 1)
+      else:  # the discretized Gaussian decoder over the cells, of half-width 1/L on [-1, 1]
+        half = 1.0 / _LEVELS
         cdf = lambda v: jax.scipy.stats.norm.cdf(v, mean, jnp.sqrt(betas[0]))
         upper = jnp.where(pixels == _LEVELS - 1, 1.0, cdf(x0 + half))
         lower = jnp.where(pixels == 0, 0.0, cdf(x0 - half))

@@ -13,7 +13,8 @@ benchmarks/results/likelihood_cpu2_after.json and the README's likelihood sectio
 """
 
 from diffusion_jax.likelihood.dequantization import (BitsPerDim, bits_per_dim, bits_per_dim_offset,
-                                                     dequantize, to_bits_per_dim)
+                                                     dequantize, level_centres, levels_of,
+                                                     to_bits_per_dim)
 from diffusion_jax.likelihood.divergence import (AbstractDivergence, ExactDivergence, GivenProbes,
                                                  Hutchinson, Probe)
 from diffusion_jax.likelihood.elbo import ElboOutput, ReverseVariance, ddpm_elbo
@@ -25,5 +26,5 @@ from diffusion_jax.likelihood.variables import AbstractFlowVariable, InSigma, In
 __all__ = ["AbstractDivergence", "AbstractFlowVariable", "BitsPerDim", "ElboOutput",
            "ExactDivergence", "FlowOutput", "GivenProbes", "Hutchinson", "InSigma", "InTime",
            "LikelihoodOutput", "OdeSolution", "Probe", "ReverseVariance", "RoundTrip",
-           "bits_per_dim", "bits_per_dim_offset", "ddpm_elbo", "decode", "dequantize", "encode",
+           "bits_per_dim", "bits_per_dim_offset", "ddpm_elbo", "decode", "dequantize", "encode", "level_centres", "levels_of",
            "log_likelihood", "round_trip", "solve_ode", "to_bits_per_dim"]

@@ -39,6 +39,25 @@ def dequantize(key: jax.Array, pixels: jax.Array, *, num_levels: int = 256,
   return lo + (hi - lo) * (pixels.astype(u.dtype) + u) / num_levels
 
 
+def level_centres(pixels: jax.Array, *, num_levels: int = 256,
+                  data_range: tuple[float, float] = (0.0, 1.0)) -> jax.Array:
+  """x = lo + (hi - lo)(k + 1/2) / L: each level at the centre of the cell ``dequantize`` fills.
+
+  The one map from levels to data space of the project: images are trained at these values, the
+  DDPM bound's decoder bins are these cells, and ``dequantize`` spreads each level over its cell.
+  """
+  num_levels, lo, hi = check_levels(num_levels, data_range)
+  return lo + (hi - lo) * (jnp.asarray(pixels).astype(jnp.result_type(float)) + 0.5) / num_levels
+
+
+def levels_of(x: jax.Array, *, num_levels: int = 256,
+              data_range: tuple[float, float] = (0.0, 1.0)) -> jax.Array:
+  """k = clip(floor((x - lo) L / (hi - lo)), 0, L - 1): the level whose cell holds x (int32)."""
+  num_levels, lo, hi = check_levels(num_levels, data_range)
+  k = jnp.floor((jnp.asarray(x) - lo) / (hi - lo) * num_levels)
+  return jnp.clip(k, 0, num_levels - 1).astype(jnp.int32)
+
+
 def bits_per_dim_offset(num_levels: int = 256, data_range: tuple[float, float] = (0.0, 1.0)) -> float:
   """log2(L / (hi - lo)): bits per dimension added by the map from level space to data space.
 

@@ -18,7 +18,7 @@ from jax.scipy.special import log_ndtr
 
 from diffusion_jax import sdes
 from diffusion_jax.likelihood import _validate
-from diffusion_jax.likelihood.dequantization import check_levels
+from diffusion_jax.likelihood.dequantization import check_levels, level_centres
 from diffusion_jax.sde import AbstractLinearSDE, ScoreFn
 
 
@@ -73,7 +73,9 @@ def ddpm_elbo(sde: AbstractLinearSDE, score_fn: ScoreFn, pixels: jax.Array, *, k
   Ho et al. 2020, eq. 5 and Sec. 3.3. The discrete chain is ``sdes.ddpm_schedule(sde, N)``
   (alpha-bar_n = alpha(t_n)^2 at t_n = n T / N), the model reads the continuous score at t_n as
   the noise prediction eps = -sigma(t_n) score, and the decoder L_0 is the discretized Gaussian
-  over the L levels mapped to x0 = lo + (hi - lo) k / (L - 1). Every term draws its own
+  over the L levels' cells: level k is x0 = lo + (hi - lo)(k + 1/2) / L, the centre of the cell
+  [lo + (hi - lo) k / L, lo + (hi - lo)(k + 1) / L) that ``dequantize`` fills (the end cells open
+  to -inf and +inf), so the bound and the dequantized ODE likelihood score the same data. Every term draws its own
   x_n ~ q(x_n | x0); the cost is N score evaluations per example. One example; ``vmap`` for a batch.
   """
   _check_variance_preserving(sde)
@@ -85,9 +87,9 @@ def ddpm_elbo(sde: AbstractLinearSDE, score_fn: ScoreFn, pixels: jax.Array, *, k
   if key is None:
     raise ValueError("key must be a PRNG key (the draws of x_n), got None.")
   dtype = jnp.result_type(float)
-  x0 = lo + (hi - lo) * pixels.astype(dtype) / (num_levels - 1)
+  x0 = level_centres(pixels, num_levels=num_levels, data_range=(lo, hi)).astype(dtype)
   _validate.score_fn(score_fn, x0, "pixels")
-  half_bin = 0.5 * (hi - lo) / (num_levels - 1)
+  half_bin = 0.5 * (hi - lo) / num_levels
 
   chain = sdes.ddpm_schedule(sde, num_steps)  # index n-1 holds step n
   ts = chain.ts

@@ -1,0 +1,196 @@
+"""Image methods, the image half of ``experiments/build.py``: config strings -> U-Net, data, loss,
+sampler and the image evaluation, as one ``Method`` record for the runner.
+
+  config.data.name   digits (embedded, offline) | shapes (procedural) | mnist | fashion_mnist |
+                     cifar10 | celeb_a (prepared TFDS datasets, config.data.tfds_data_dir)
+  config.model.name  unet (DDPM++ / NCSN++, ``nets.UNet``) | ncsn (``nets.NCSN``, annealed Langevin)
+  config.training.loss  dsm (denoising score matching in the configured prediction) | edm
+                     (Karras et al. 2022: the EDM preconditioning around the raw network, its
+                     log-normal noise levels and weighting)
+
+The network sees the noise level in the form its paper used: t for VP / sub-VP (the U-Net's
+``noise_scale`` turns it into DDPM's 0..999 step index), log sigma(t) for VE (NCSN++, NCSN), and
+EDM's c_noise = log(sigma)/4 under the EDM preconditioning.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffusion_jax import conditions, data, losses, nets, parameterization, sampling, sdes, train
+from diffusion_jax.data import images as image_lib
+from diffusion_jax.parameterization import Prediction
+from experiments import progress
+from experiments.method import Method
+
+TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a")
+MODELS = ("unet", "ncsn")
+LOSSES = ("dsm", "edm")
+
+
+def _unknown(key: str, value, allowed) -> ValueError:
+  return ValueError(f"Unknown {key}={value!r}; expected one of {', '.join(map(repr, allowed))}.")
+
+
+@functools.lru_cache(maxsize=4)
+def _image_data(name: str, resolution: int, num_train: int, num_test: int, seed: int,
+                tfds_data_dir: str):
+  if name == "digits":
+    return data.digits("train"), data.digits("test")
+  if name == "shapes":
+    return (data.shapes(num_train, resolution=resolution, seed=seed, split="train"),
+            data.shapes(num_test, resolution=resolution, seed=seed, split="test"))
+  if name in TFDS_DATASETS:
+    from experiments import input_pipeline
+
+    return (input_pipeline.tfds_image_dataset(name, split="train", data_dir=tfds_data_dir or None),
+            input_pipeline.tfds_image_dataset(name, split="test", data_dir=tfds_data_dir or None,
+                                              max_examples=num_test))
+  raise _unknown("config.data.name", name, ("digits", "shapes", *TFDS_DATASETS))
+
+
+def build_image_data(config: ml_collections.ConfigDict):
+  """config.data -> (train, test) ``ImageDataset``s (integer levels, labels, factors)."""
+  c = config.data
+  return _image_data(c.name, c.get("resolution", 0), c.get("num_train", 0), c.get("num_test", 0),
+                     config.seed, c.get("tfds_data_dir", ""))
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """One example's (H, W, C), without loading the data where the config says it."""
+  name = config.data.name
+  if name == "digits":
+    return (8, 8, 1)
+  if name == "shapes":
+    return (config.data.resolution,) * 2 + (3,)
+  return {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3),
+          "celeb_a": (64, 64, 3)}[name]
+
+
+def num_levels(config: ml_collections.ConfigDict) -> int:
+  return 17 if config.data.name == "digits" else 256
+
+
+def build_image_model(config: ml_collections.ConfigDict, num_classes: int):
+  """config.model -> the batched linen network (``nets.UNet`` or ``nets.NCSN``)."""
+  c = config.model
+  if c.name == "unet":
+    return nets.UNet(model_channels=c.model_channels, channel_mult=tuple(c.channel_mult),
+                     num_res_blocks=c.num_res_blocks, attn_resolutions=tuple(c.attn_resolutions),
+                     dropout=c.dropout, embedding=c.time_embedding,
+                     fourier_scale=c.fourier_scale, noise_scale=c.noise_scale,
+                     skip_rescale=c.skip_rescale, resblock=c.resblock,
+                     num_classes=num_classes)
+  if c.name == "ncsn":
+    return nets.NCSN(features=c.model_channels, num_classes=num_classes)
+  raise _unknown("config.model.name", c.name, MODELS)
+
+
+def build_model_fn(config: ml_collections.ConfigDict, module, sde):
+  """The network as a ``model_fn`` of (x, t) and the prediction it makes.
+
+  dsm: VE networks see log sigma(t) (``parameterization.LogSigmaInput``), VP ones t; edm: the raw
+  network inside ``EDMPrecond`` predicts x0.
+  """
+  raw = nets.as_model_fn(module)
+  loss = config.training.loss
+  if loss == "edm":
+    return parameterization.EDMPrecond(raw, sde, config.training.sigma_data), Prediction.X0
+  if loss != "dsm":
+    raise _unknown("config.training.loss", loss, LOSSES)
+  from experiments import build
+
+  prediction = build.build_prediction(config)
+  if isinstance(sde, sdes.VESDE):
+    return parameterization.LogSigmaInput(raw, sde), prediction
+  return raw, prediction
+
+
+def _check_image_conditioning(config, train_set) -> int:
+  num_classes = config.model.num_classes
+  if not num_classes:
+    return 0
+  if train_set.labels is None:
+    raise ValueError(f"config.model.num_classes={num_classes} trains a class-conditional model, "
+                     f"but config.data.name={config.data.name!r} has no labels; use "
+                     "config.model.num_classes=0.")
+  have = int(np.max(train_set.labels)) + 1
+  if num_classes != have:
+    raise ValueError(f"config.model.num_classes={num_classes} must equal the number of classes of "
+                     f"config.data.name={config.data.name!r}, {have}.")
+  return num_classes
+
+
+def build_image_method(config: ml_collections.ConfigDict) -> Method:
+  """config -> the image diffusion method: a U-Net (or NCSN) trained by DSM or EDM, the configured
+  sampler, the image evaluation (``experiments/evaluate/images.py``) with test bits/dim."""
+  from experiments import build
+  from experiments.evaluate import images as evaluate_images
+
+  sde = build.build_sde(config)
+  train_set, test_set = build_image_data(config)
+  shape = tuple(train_set.shape)
+  levels = train_set.num_levels
+  num_classes = _check_image_conditioning(config, train_set)
+  cond_key = "label" if num_classes else None
+  null_cond = conditions.null_label(num_classes) if num_classes else None
+  module = build_image_model(config, num_classes)
+  model_fn, prediction = build_model_fn(config, module, sde)
+  tc = config.training
+  if tc.loss == "edm":
+    loss_fn = losses.make_edm_loss_fn(model_fn, sde, sigma_data=tc.sigma_data, p_mean=tc.p_mean,
+                                      p_std=tc.p_std, t_min=tc.t_min, cond_key=cond_key)
+  else:
+    loss_fn = losses.make_dsm_loss_fn(model_fn, sde, prediction=prediction,
+                                      weighting=build.build_weighting(config), t_min=tc.t_min,
+                                      cond_key=cond_key)
+  if num_classes and config.model.label_dropout > 0:
+    loss_fn = conditions.with_condition_dropout(loss_fn, config.model.label_dropout, null_cond,
+                                                cond_key)
+  optimizer, _ = build.build_optimizer(config)
+  train_step = train.make_train_step(loss_fn, optimizer, tc.ema_decay)
+  sampler, ts = build.build_sampler(config), np.asarray(build.build_time_grid(config, sde))
+  denoise_final = build.build_denoise_final(config)
+
+  def init(key):
+    cond = None if not num_classes else jnp.zeros((1,), jnp.int32)
+    params = nets.init_params(module, key, jnp.zeros((1, *shape)), jnp.ones((1,)), cond)
+    return train.TrainState.create(params, optimizer)
+
+  def score_fn(params, cond=None):
+    return parameterization.NetworkScore(model_fn, params, sde, prediction, cond)
+
+  def sample(params, keys, cond):
+    out = sampling.sample_examples(sde, score_fn(params), sampler, jnp.asarray(ts), keys,
+                                   shape=shape, cond=cond, denoise_final=denoise_final,
+                                   progress_fn=progress.report_step)
+    return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
+
+  def evaluate(draw, key, params=None):
+    summary, plot = evaluate_images.evaluate_config(config, draw, train_set, test_set, key,
+                                                    num_classes=num_classes)
+    if params is not None and config.eval.bits_per_dim:
+      from experiments import likelihood_eval
+
+      summary.update(likelihood_eval.image_bits_per_dim(config, score_fn(params), sde, test_set))
+    return summary, plot
+
+  def to_data_range(x):
+    return np.asarray(image_lib.model_to_levels(np.asarray(x), levels))
+
+  def write_grid(path, x, title):
+    evaluate_images.write_grid(path, to_data_range(x), levels, title)
+
+  def write_figure(path, plot, title):
+    evaluate_images.write_figure(path, plot, levels, title)
+
+  return Method(init=init, train_step=train_step, sample=sample, evaluate=evaluate,
+                example_shape=shape, loss_fn=loss_fn, cond_key=cond_key, null_cond=null_cond,
+                score_fn=score_fn, write_figure=write_figure, write_grid=write_grid,
+                to_data_range=to_data_range)
