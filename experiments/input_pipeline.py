@@ -83,21 +83,29 @@ class ArraySource:
     return {k: a[index] for k, a in self.arrays.items()}
 
 
-def image_source(dataset: image_ops.ImageDataset, *, labels: bool = True) -> grain.MapDataset:
-  """An ``ImageDataset`` as a random-access source: element i is {"x0", "label"}, with
+def image_source(dataset: image_ops.ImageDataset, *, labels: bool = True,
+                 extra: dict | None = None) -> grain.MapDataset:
+  """An ``ImageDataset`` as a random-access source: element i is {"x0", "label", **extra}, with
   x0 = levels_to_model(images[i], L) (float32 (H, W, C) in [-1, 1]) and the int32 label (left out
-  when ``labels`` is False or the dataset has none). Levels stay uint8 in memory until read."""
+  when ``labels`` is False or the dataset has none); ``extra`` maps names to further per-example
+  arrays (leading axis N, e.g. ``{"factors": np.stack([...], 1)}``) served row by row. Levels stay
+  uint8 in memory until read."""
   if not isinstance(dataset, image_ops.ImageDataset):
     raise TypeError(f"dataset must be a diffusion_jax.data.ImageDataset, got {type(dataset).__name__}.")
-  arrays = {"levels": dataset.images}
+  extra = dict(extra or {})
+  clash = {"x0", "label", "levels"} & set(extra)
+  if clash:
+    raise ValueError(f"extra must not use the reserved names {sorted(clash)}.")
+  arrays = {"levels": dataset.images, **extra}
   if labels and dataset.labels is not None:
     arrays["label"] = dataset.labels
   num_levels = dataset.num_levels
 
   def to_example(record):
-    example = {"x0": image_ops.levels_to_model(record["levels"], num_levels)}
-    if "label" in record:
-      example["label"] = np.asarray(record["label"], np.int32)
+    example = {k: np.asarray(v) for k, v in record.items() if k != "levels"}
+    example["x0"] = image_ops.levels_to_model(record["levels"], num_levels)
+    if "label" in example:
+      example["label"] = example["label"].astype(np.int32)
     return example
 
   return grain.MapDataset.source(ArraySource(arrays)).map(to_example)

@@ -2,6 +2,8 @@
 resizes against PIL, grids, the ImageDataset record, the digits split, and the procedural shapes
 (determinism, factor -> image consistency against closed forms, captions that parse back)."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -11,6 +13,9 @@ import pytest
 from diffusion_jax import data
 from diffusion_jax.data import images
 from diffusion_jax.likelihood import dequantization
+
+# The module, not the constructor data.shapes that shadows it in the package namespace.
+shapes = importlib.import_module("diffusion_jax.data.shapes")
 
 
 @pytest.mark.parametrize("num_levels", [2, 17, 256])
@@ -126,3 +131,135 @@ def test_digits_split_is_fixed_disjoint_and_covers_all():
   assert set(np.unique(train.labels)) == set(range(10)) == set(np.unique(test.labels))
   with pytest.raises(ValueError, match="split must be one of"):
     data.digits("validation")
+
+
+# --- procedural shapes -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shapes32():
+  return shapes.shapes(240, resolution=32, seed=0)
+
+
+def test_shapes_are_deterministic_in_seed_split_and_prefix():
+  a = shapes.shapes(60, resolution=16, seed=3)
+  np.testing.assert_array_equal(a.images, shapes.shapes(60, resolution=16, seed=3).images)
+  assert a.shape == (16, 16, 3) and a.images.dtype == np.uint8 and a.num_levels == 256
+  np.testing.assert_array_equal(a.images[:20], shapes.shapes(20, resolution=16, seed=3).images)
+  assert a.captions[:20] == shapes.shapes(20, resolution=16, seed=3).captions
+  for other in (shapes.shapes(60, resolution=16, seed=4),
+                shapes.shapes(60, resolution=16, seed=3, split="test")):
+    assert not np.array_equal(other.factors["x"], a.factors["x"])
+  np.testing.assert_array_equal(a.labels, a.factors["shape"])
+  assert a.class_names == shapes.SHAPES
+  # Each factor is uniform over its grid: every value turns up in 3,000 draws.
+  draws = shapes.sample_factors(3000, seed=0)
+  for name, size in shapes.FACTOR_SIZES.items():
+    np.testing.assert_array_equal(np.unique(draws[name]), np.arange(size))
+  with pytest.raises(ValueError, match="split must be one of"):
+    shapes.shapes(4, split="all")
+  with pytest.raises(ValueError, match="resolution must be an integer >= 8"):
+    shapes.shapes(4, resolution=7)
+
+
+def test_shapes_colour_centroid_and_area_follow_the_factors(shapes32):
+  ds, res = shapes32, 32
+  values = ds.factor_values
+  for i in range(len(ds)):
+    image = ds.images[i].astype(np.float64)
+    colour = np.asarray(values["colour"][i], np.float64)
+    on = colour > 0
+    # Exactly the colour's channels light up, all by the same coverage (one rounding of 255 c).
+    assert np.all(image[..., ~on] == 0)
+    coverage = image[..., on][..., 0] / 255
+    np.testing.assert_array_equal(image[..., on], np.repeat(image[..., on][..., :1], on.sum(), -1))
+    # The pixel holding the centroid is inside the shape: the full palette colour.
+    cx, cy = values["x"][i] * res, values["y"][i] * res
+    np.testing.assert_array_equal(image[int(cy), int(cx)], colour)
+    # Coverage-weighted centre of mass of the pixels (centres at i + 1/2) is the area centroid:
+    # supersampling (S = 4) and 8-bit rounding move it by well under a quarter pixel.
+    rows, cols = np.indices(coverage.shape) + 0.5
+    mass = coverage.sum()
+    assert abs((coverage * cols).sum() / mass - cx) < 0.25 and abs((coverage * rows).sum() / mass - cy) < 0.25
+    # Area against the closed form (unit area x (s R)^2): the boundary's subsample quantisation
+    # and the rounding leave a few per cent at the smallest shapes (about 100 px^2 at 32 px).
+    area = shapes.unit_area(shapes.SHAPES[ds.factors["shape"][i]]) * (values["scale"][i] * res) ** 2
+    assert abs(mass / area - 1) < 0.05, (i, mass, area)
+
+
+def test_shapes_heart_constants_against_a_fine_grid():
+  # Area and centroid height of {(a^2 + b^2 - 1)^3 <= a^2 b^3} on a 3000^2 midpoint grid
+  # (boundary error ~ perimeter x spacing / area ~ 2e-3 relative).
+  g = (np.arange(3000) + 0.5) / 3000 * 3 - 1.5
+  a, b = np.meshgrid(g, g)
+  inside = (a * a + b * b - 1) ** 3 <= a * a * b ** 3
+  cell = (3 / 3000) ** 2
+  np.testing.assert_allclose(inside.sum() * cell, shapes.HEART_AREA, rtol=2e-3)
+  np.testing.assert_allclose((b * inside).sum() / inside.sum(), shapes.HEART_CENTROID, atol=2e-3)
+
+
+def _polygon_reference(shape, scale, rotation, x, y, res, sub):
+  """Coverage by a point-in-polygon test (matplotlib.path) of the rotated, scaled vertices."""
+  from matplotlib.path import Path
+
+  if shape == "square":
+    h = shapes.SQUARE_HALF_SIDE
+    unit = np.array([[h, h], [-h, h], [-h, -h], [h, -h]])
+  else:  # triangle, pointing up
+    angles = np.deg2rad([90, 210, 330])
+    unit = shapes.TRIANGLE_CIRCUMRADIUS * np.stack([np.cos(angles), np.sin(angles)], 1)
+  t = np.deg2rad(shapes.ROTATIONS_DEG[rotation])
+  turn = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])  # anticlockwise, b up
+  verts = unit @ turn.T * shapes.SCALES[scale]
+  verts = np.stack([shapes.POSITIONS[x] + verts[:, 0], shapes.POSITIONS[y] - verts[:, 1]], 1)
+  grid = (np.arange(res * sub) + 0.5) / (res * sub)
+  px, py = np.meshgrid(grid, grid)
+  inside = Path(verts).contains_points(np.stack([px.ravel(), py.ravel()], 1))
+  return inside.reshape(res, sub, res, sub).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize("shape", ["square", "triangle"])
+def test_shapes_polygons_match_a_point_in_polygon_reference(shape):
+  rng = np.random.default_rng(1)
+  n, res = 12, 16
+  factors = {"shape": np.full(n, shapes.SHAPES.index(shape)), "colour": np.zeros(n, int),
+             **{f: rng.integers(0, shapes.FACTOR_SIZES[f], n) for f in ("scale", "rotation", "x", "y")}}
+  rendered = shapes.render(factors, res)[..., 0].astype(np.float64) / 255
+  for i in range(n):
+    ref = _polygon_reference(shape, *(int(factors[f][i]) for f in ("scale", "rotation", "x", "y")),
+                             res, shapes._supersampling(res))
+    # Same subsample points, so equal but for points within float32 rounding of an edge and the
+    # 8-bit rounding (1/510): any pixel may differ by at most a couple of its 36 points.
+    assert np.abs(rendered[i] - ref).max() <= 2 / 36 + 1 / 510
+    assert np.abs(rendered[i] - ref).mean() < 2e-3
+
+
+def test_shapes_rotation_is_anticlockwise_about_the_centroid():
+  """Rotating the image by 90 degrees (np.rot90, anticlockwise) equals adding 90 degrees to the
+  rotation and moving the centroid (x, y) to (y, 1 - x), for every shape, heart included."""
+  n = len(shapes.SHAPES) * len(shapes.ROTATIONS_DEG)
+  rng = np.random.default_rng(2)
+  factors = {"shape": np.repeat(np.arange(len(shapes.SHAPES)), len(shapes.ROTATIONS_DEG)),
+             "rotation": np.tile(np.arange(len(shapes.ROTATIONS_DEG)), len(shapes.SHAPES)),
+             "colour": rng.integers(0, 6, n), "scale": rng.integers(0, 3, n),
+             "x": rng.integers(0, 6, n), "y": rng.integers(0, 6, n)}
+  turned = dict(factors, rotation=(factors["rotation"] + 2) % 8, x=factors["y"],
+                y=len(shapes.POSITIONS) - 1 - factors["x"])
+  a, b = shapes.render(factors, 16), shapes.render(turned, 16)
+  diff = np.abs(np.rot90(a, axes=(1, 2)).astype(int) - b.astype(int))
+  # Mirror-image subsample points: equal up to points within float32 rounding of an edge.
+  assert diff.max() <= 2 * 255 / 36 + 1 and diff.mean() < 0.5
+
+
+def test_shapes_captions_parse_back_to_the_factors(shapes32):
+  ds = shapes32
+  for i, text in enumerate(ds.captions):
+    parsed = shapes.parse_caption(text)
+    f = {k: int(v[i]) for k, v in ds.factors.items()}
+    assert parsed == {"shape": f["shape"], "colour": f["colour"], "scale": f["scale"],
+                      "rotation": 0 if shapes.SHAPES[f["shape"]] == "circle" else f["rotation"],
+                      "row": f["y"] // 2, "column": f["x"] // 2}, text
+  assert shapes.caption(1, 0, 0, 3, 0, 0) == "a small red circle at top left"
+  assert shapes.caption(0, 2, 2, 1, 2, 3) == "a large blue square rotated 45 degrees at middle centre"
+  for bad in ("a small red circle", "a small red circle rotated 10 degrees at top left"):
+    with pytest.raises(ValueError, match="not a shapes caption"):
+      shapes.parse_caption(bad)

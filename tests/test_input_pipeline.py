@@ -149,6 +149,10 @@ def test_image_source_serves_cell_centres_with_flips_from_seed_and_example():
   np.testing.assert_array_equal(element["x0"], data.levels_to_model(dataset.images[5], 256))
   assert element["label"] == 2 and element["label"].dtype == np.int32
   assert "label" not in input_pipeline.image_source(dataset, labels=False)[0]
+  tagged = input_pipeline.image_source(dataset, extra={"tag": np.arange(24) * 10})[5]
+  assert tagged["tag"] == 50 and tagged["label"] == 2
+  with pytest.raises(ValueError, match="reserved names"):
+    input_pipeline.image_source(dataset, extra={"x0": np.zeros(24)})
 
   batch, rows = 8, 40
   plain = input_pipeline.local_batches(source, batch_size=batch, seed=7, start=0, stop=batch)
@@ -225,3 +229,17 @@ def test_tfds_not_prepared_is_a_clear_error_and_never_downloads(tmp_path):
     input_pipeline.tfds_image_source("mnist", split="train", data_dir=str(tmp_path / "empty"))
   with pytest.raises(ValueError, match="name must be one of"):
     input_pipeline.tfds_image_source("imagenet2012", split="train")
+
+
+def test_digits_through_the_grain_source_are_cell_centres_of_17_levels():
+  digits = data.digits("train")
+  source = input_pipeline.GrainSource(input_pipeline.image_source(digits), batch_size=8, seed=0,
+                                      mesh=run.make_mesh(), random_flip=True)
+  x0 = np.asarray(source.batch(0)["x0"])
+  assert x0.shape == (8, 8, 8, 1) and x0.dtype == np.float32
+  levels = data.model_to_levels(x0, 17)
+  np.testing.assert_allclose(x0, data.levels_to_model(levels, 17), rtol=0, atol=0)  # centres only
+  # Each served image is a training image or its mirror.
+  pool = {im.tobytes() for im in digits.images.astype(np.int32)}
+  pool |= {im[:, ::-1].tobytes() for im in digits.images.astype(np.int32)}
+  assert all(np.ascontiguousarray(im).tobytes() in pool for im in levels)
