@@ -6,3 +6,5 @@ from diffusion_jax.nets.model_fn import ModelFn, ModuleModelFn, as_model_fn
 
 __all__ = ["GaussianFourierEmbedding", "ModelFn", "ModuleModelFn", "ScoreMLP",
            "SinusoidalEmbedding", "as_model_fn"]
+from diffusion_jax.nets.inception import InceptionFeatures, InceptionV3  # noqa: E402
+__all__ += ["InceptionFeatures", "InceptionV3"]
