@@ -140,6 +140,10 @@ def _tensors(state: dict) -> tuple[collections.OrderedDict, list[_Storage]]:
   return collections.OrderedDict(zip(state, map(_Tensor, storages))), storages
 
 
+def _little_endian(a: np.ndarray) -> bytes:
+  return a.astype(a.dtype.newbyteorder("<")).tobytes()
+
+
 def write_torch_zip(path, state: dict) -> None:
   """torch >= 1.6's layout: archive/data.pkl, archive/data/<key> raw little-endian bytes."""
   tensors, storages = _tensors(state)
@@ -149,7 +153,7 @@ def write_torch_zip(path, state: dict) -> None:
     zf.writestr("archive/data.pkl", buffer.getvalue())
     zf.writestr("archive/byteorder", "little")
     for s in storages:
-      zf.writestr(f"archive/data/{s.key}", s.array.astype(s.array.dtype.newbyteorder("<")).tobytes())
+      zf.writestr(f"archive/data/{s.key}", _little_endian(s.array))
     zf.writestr("archive/version", "3\n")
 
 
@@ -164,7 +168,7 @@ def write_torch_legacy(path, state: dict) -> None:
     _TorchPickler(f, legacy=True).dump(tensors)
     pickle.dump(sorted(s.key for s in storages), f, protocol=2)
     for s in sorted(storages, key=lambda s: s.key):
-      f.write(struct.pack("<q", s.array.size) + s.array.astype(s.array.dtype.newbyteorder("<")).tobytes())
+      f.write(struct.pack("<q", s.array.size) + _little_endian(s.array))
 
 
 def write_numpy_pickle(path, tree: dict, numpy1_names: bool = False) -> None:
@@ -221,12 +225,22 @@ def test_parameter_count_matches_torchvision():
   # torchvision.models.inception_v3(num_classes=1008, aux_logits=False, init_weights=False) has
   # 23,850,960 parameters (counted with torch 2.13 / torchvision 0.28); its 94 BatchNorms add
   # 17,216 running means and as many variances, which this network holds as parameters.
-  leaves = jax.tree_util.tree_leaves(inception.param_shapes())
-  bn_channels = sum(int(np.prod(x.shape)) for p, x in jax.tree_util.tree_leaves_with_path(
-      inception.param_shapes()) if jax.tree_util.keystr(p).endswith("['mean']"))
-  assert bn_channels == 17_216
-  assert sum(int(np.prod(x.shape)) for x in leaves) == 23_850_960 + 2 * 17_216
-  assert len([x for x in leaves if x.ndim == 4]) == 94
+  flat = dict(inception_weights._flatten(inception.param_shapes()["params"]))
+  sizes = {k: int(np.prod(v.shape)) for k, v in flat.items()}
+  assert sum(v for k, v in sizes.items() if k.endswith("/mean")) == 17_216
+  assert sum(sizes.values()) == 23_850_960 + 2 * 17_216
+  assert len([k for k in flat if k.endswith("conv/kernel")]) == 94
+  assert flat["fc/kernel"].shape == (2048, 1008)
+
+
+def test_every_matmul_runs_at_full_precision():
+  # On GPU / TPU a DEFAULT-precision float32 conv may run in TF32 / bfloat16 and move FID.
+  x = jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32)
+  jaxpr = jax.make_jaxpr(InceptionV3().apply)(inception.param_shapes(), x)
+  ops = [e for e in jaxpr.eqns if e.primitive.name in ("conv_general_dilated", "dot_general")]
+  assert len(ops) == 95  # 94 convolutions and the fc layer
+  highest = jax.lax.Precision.HIGHEST
+  assert all(e.params["precision"] in ((highest, highest), highest) for e in ops)
 
 
 def test_pools_match_slow_loops():
@@ -336,22 +350,20 @@ def test_load_errors(tmp_path, state, expected):
   with pytest.raises(FileNotFoundError, match="missing.pth"):
     inception_weights.load(tmp_path / "missing.pth")
 
-  wrong = dict(state)
-  wrong["Mixed_6b.branch7x7_2.conv.weight"] = wrong["Mixed_6b.branch7x7_2.conv.weight"].transpose(
-      0, 1, 3, 2)  # a 1x7 kernel stored as 7x1
-  write_torch_zip(tmp_path / "wrong.pth", wrong)
-  with pytest.raises(ValueError, match=r"Mixed_6b/branch7x7_2/conv/kernel.*\(7, 1, 128, 128\).*"
-                                       r"\(1, 7, 128, 128\)"):
-    inception_weights.load(tmp_path / "wrong.pth")
+  # Small files: the first layer only, so the first key checked is the one that is wrong.
+  first = {k: v for k, v in state.items() if k.startswith("Conv2d_1a_3x3.")}
+  grey = dict(first, **{"Conv2d_1a_3x3.conv.weight": first["Conv2d_1a_3x3.conv.weight"][:, :1]})
+  write_torch_zip(tmp_path / "grey.pth", grey)  # a network for 1-channel input
+  with pytest.raises(ValueError, match=r"grey\.pth.*'Conv2d_1a_3x3/conv/kernel' has shape "
+                                       r"\(3, 3, 1, 32\), InceptionV3 expects \(3, 3, 3, 32\)"):
+    inception_weights.load(tmp_path / "grey.pth")
 
-  missing = {k: v for k, v in expected.items() if k != "fc"}
-  write_numpy_pickle(tmp_path / "missing_fc.pickle", missing)
-  with pytest.raises(ValueError, match=r"no weight 'fc/bias'"):
-    inception_weights.load(tmp_path / "missing_fc.pickle")
+  write_numpy_pickle(tmp_path / "partial.pickle", {"Conv2d_1a_3x3": expected["Conv2d_1a_3x3"]})
+  with pytest.raises(ValueError, match=r"partial\.pickle.*no weight 'Conv2d_2a_3x3/bn/bias'"):
+    inception_weights.load(tmp_path / "partial.pickle")
 
-  extra = dict(state)
-  extra["Mixed_5b.branch1x1.conv.bias"] = np.zeros(64, np.float32)
-  write_torch_legacy(tmp_path / "extra.pth", extra)
+  write_torch_legacy(tmp_path / "extra.pth", dict(first, **{
+      "Mixed_5b.branch1x1.conv.bias": np.zeros(64, np.float32)}))
   with pytest.raises(ValueError, match=r"unexpected key 'Mixed_5b\.branch1x1\.conv\.bias'"):
     inception_weights.load(tmp_path / "extra.pth")
 
@@ -362,3 +374,8 @@ def test_load_errors(tmp_path, state, expected):
   (tmp_path / "evil.pickle").write_bytes(pickle.dumps({"fc": Evil()}))
   with pytest.raises(ValueError, match=r"builtins\.print is not part of a pickle of NumPy arrays"):
     inception_weights.load(tmp_path / "evil.pickle")
+  data = pickle.dumps(collections.OrderedDict(fc=Evil()), protocol=2)
+  with zipfile.ZipFile(tmp_path / "evil2.pth", "w") as zf:
+    zf.writestr("archive/data.pkl", data)
+  with pytest.raises(ValueError, match=r"print is not part of a state dict"):
+    inception_weights.load(tmp_path / "evil2.pth")

@@ -228,25 +228,30 @@ class InceptionV3(nn.Module):
     x = conv(80, name="Conv2d_3b_1x1")(x)
     x = conv(192, (3, 3), name="Conv2d_4a_3x3")(x)
     x = _max_pool_3x3_s2(x)
-    x = InceptionA(32, name="Mixed_5b")(x)
-    x = InceptionA(64, name="Mixed_5c")(x)
-    x = InceptionA(64, name="Mixed_5d")(x)
-    x = InceptionB(name="Mixed_6a")(x)
-    x = InceptionC(128, name="Mixed_6b")(x)
-    x = InceptionC(160, name="Mixed_6c")(x)
-    x = InceptionC(160, name="Mixed_6d")(x)
-    x = InceptionC(192, name="Mixed_6e")(x)
-    x = InceptionD(name="Mixed_7a")(x)
-    x = InceptionE(max_pool=False, name="Mixed_7b")(x)
-    x = InceptionE(max_pool=True, name="Mixed_7c")(x)
+    x = InceptionA(32, precision=self.precision, name="Mixed_5b")(x)
+    x = InceptionA(64, precision=self.precision, name="Mixed_5c")(x)
+    x = InceptionA(64, precision=self.precision, name="Mixed_5d")(x)
+    x = InceptionB(precision=self.precision, name="Mixed_6a")(x)
+    x = InceptionC(128, precision=self.precision, name="Mixed_6b")(x)
+    x = InceptionC(160, precision=self.precision, name="Mixed_6c")(x)
+    x = InceptionC(160, precision=self.precision, name="Mixed_6d")(x)
+    x = InceptionC(192, precision=self.precision, name="Mixed_6e")(x)
+    x = InceptionD(precision=self.precision, name="Mixed_7a")(x)
+    x = InceptionE(max_pool=False, precision=self.precision, name="Mixed_7b")(x)
+    x = InceptionE(max_pool=True, precision=self.precision, name="Mixed_7c")(x)
     pool3 = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, name="fc")(pool3)
+    logits = nn.Dense(self.num_classes, precision=self.precision, name="fc")(pool3)
     return pool3, logits
 
 
 def param_shapes(module: InceptionV3 | None = None) -> dict[str, Any]:
-  """The variables ``{'params': ...}`` of the network as ``jax.ShapeDtypeStruct`` (no allocation)."""
-  module = InceptionV3() if module is None else module
+  """The variables ``{'params': ...}`` of the network as ``jax.ShapeDtypeStruct`` (no memory)."""
+  return _param_shapes(InceptionV3() if module is None else module)
+
+
+@functools.lru_cache(maxsize=4)
+def _param_shapes(module: InceptionV3) -> dict[str, Any]:
+  # Tracing ~100 convolutions takes seconds on a busy CPU; modules are hashable by their fields.
   x = jax.ShapeDtypeStruct((1, INCEPTION_SIZE, INCEPTION_SIZE, 3), jnp.float32)
   return jax.eval_shape(module.init, jax.random.key(0), x)
 
@@ -315,6 +320,9 @@ def preprocess(images: jax.Array, size: int = INCEPTION_SIZE) -> jax.Array:
 
 
 def _check_range(images: np.ndarray) -> None:
+  """Catch [0, 1] / [0, 255] mix-ups early; samples slightly outside [-1, 1] are clipped."""
+  if not np.all(np.isfinite(images)):
+    raise ValueError("images must be finite; got NaN or inf values.")
   if images.size and (images.min() < -1.5 or images.max() > 1.5):
     raise ValueError(f"images must be in model space [-1, 1], got values in [{images.min():.3g}, "
                      f"{images.max():.3g}]; map [0, 255] or [0, 1] data to [-1, 1] first.")

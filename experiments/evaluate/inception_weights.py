@@ -25,7 +25,6 @@ unexpected key, or a shape that differs, is a ValueError naming the file, the ke
 from __future__ import annotations
 
 import collections
-import functools
 import io
 import os
 import pathlib
@@ -38,7 +37,7 @@ import numpy as np
 
 from diffusion_jax.nets import inception
 
-# torch.save's legacy stream starts with this integer, then PROTOCOL_VERSION (torch/serialization.py).
+# torch.save's legacy stream starts with this integer, then the protocol (torch/serialization.py).
 TORCH_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 TORCH_PROTOCOL_VERSION = 1001
 
@@ -161,11 +160,13 @@ class _NumpyUnpickler(pickle.Unpickler):
     core = module.split(".")
     if len(core) == 3 and core[0] == "numpy" and core[1] in ("core", "_core"):
       key = (core[2], name)
-      module = ("numpy._core." if int(np.__version__.split(".")[0]) >= 2 else "numpy.core.") + core[2]
+      numpy2 = int(np.__version__.split(".")[0]) >= 2
+      module = ("numpy._core." if numpy2 else "numpy.core.") + core[2]
     else:
       key = (module, name)
     if key not in self._ALLOWED:
-      raise pickle.UnpicklingError(f"global {module}.{name} is not part of a pickle of NumPy arrays")
+      raise pickle.UnpicklingError(
+          f"global {module}.{name} is not part of a pickle of NumPy arrays")
     return super().find_class(module, name)
 
 
@@ -199,10 +200,10 @@ def _materialise(tree, source: str):
 
 
 def _read_torch_zip(path: str) -> dict[str, Any]:
-  """torch >= 1.6: ``<archive>/data.pkl`` with persistent ids ('storage', type, key, location, numel)."""
+  """torch >= 1.6: ``<archive>/data.pkl``; persistent ids ('storage', type, key, device, numel)."""
   with zipfile.ZipFile(path) as zf:
     names = zf.namelist()
-    pickles = [n for n in names if n.endswith("data.pkl")]
+    pickles = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
     if len(pickles) != 1:
       raise ValueError(f"{path}: a torch zip checkpoint has one <archive>/data.pkl; found "
                        f"{pickles or 'none'} among {names[:5]}.")
@@ -230,7 +231,7 @@ def _read_torch_zip(path: str) -> dict[str, Any]:
 
 
 def _read_torch_legacy(file, path: str) -> dict[str, Any]:
-  """torch < 1.6 (and ``_use_new_zipfile_serialization=False``): one stream of pickles, then data."""
+  """torch < 1.6 (or ``_use_new_zipfile_serialization=False``): a stream of pickles, then data."""
   protocol = pickle.Unpickler(file).load()
   if protocol != TORCH_PROTOCOL_VERSION:
     raise ValueError(f"{path}: torch legacy protocol version {protocol!r}, expected "
@@ -289,7 +290,8 @@ def _torch_to_linen(state: dict[str, Any], path: str) -> dict[str, Any]:
       raise ValueError(f"{path}: unexpected key {name!r} in the torch state dict (expected "
                        f"'<block>.<branch>.conv.weight', '...bn.running_mean', 'fc.weight', ...).")
     if not isinstance(value, np.ndarray):
-      raise ValueError(f"{path}: state-dict entry {name!r} is a {type(value).__name__}, not a tensor.")
+      raise ValueError(f"{path}: state-dict entry {name!r} is a {type(value).__name__}, not a "
+                       f"tensor.")
     node = params
     for part in [p for p in module.split(".") if p] + leaf.split("/")[:-1]:
       node = node.setdefault(part, {})
@@ -298,7 +300,7 @@ def _torch_to_linen(state: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def _check_against_network(params: dict[str, Any], path: str, fmt: str) -> dict[str, Any]:
-  """Same keys and shapes as ``InceptionV3``'s params, float32; else a ValueError naming the first."""
+  """Same keys and shapes as ``InceptionV3``'s params, as float32; else ValueError on the first."""
   expected = _expected_shapes()
   if not isinstance(params, dict):
     raise ValueError(f"{path}: {fmt} holds a {type(params).__name__}, expected a dict of weights.")
@@ -326,7 +328,6 @@ def _check_against_network(params: dict[str, Any], path: str, fmt: str) -> dict[
   return {"params": tree}
 
 
-@functools.lru_cache(maxsize=1)
 def _expected_shapes() -> dict[str, Any]:
   return dict(_flatten(inception.param_shapes()["params"]))
 
@@ -345,7 +346,7 @@ def _flatten(tree, prefix: str = ""):
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
-  """The variables ``{'params': ...}`` of ``InceptionV3`` from pytorch-fid's .pth or a JAX FID pickle.
+  """``{'params': ...}`` of ``InceptionV3`` from pytorch-fid's .pth or the JAX FID ports' pickle.
 
   The format is detected from the file's first bytes (zip; pickle whose first object is torch's
   magic number; pickle of a dict). Returns float32 NumPy leaves, checked key by key and shape by
