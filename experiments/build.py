@@ -126,6 +126,12 @@ def build_batch_source(config: ml_collections.ConfigDict, mesh,
   checkpointed iterator); "tfds": a prepared TFDS dataset through grain (never downloads).
   """
   c, batch_size = config.data, config.training.batch_size
+  if is_image_data(config):
+    from experiments import build_images
+
+    return input_pipeline.GrainSource(build_images.build_image_records(config),
+                                      batch_size=batch_size, seed=config.seed, mesh=mesh,
+                                      random_flip=c.random_flip)
   source = c.get("source", "generated")
   if source == "generated":
     return input_pipeline.GeneratedSource(build_dataset(config), key, batch_size, mesh)

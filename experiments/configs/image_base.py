@@ -45,6 +45,12 @@ def get_config() -> ml_collections.ConfigDict:
   model.noise_scale = 999.0  # the embedding sees noise_scale * t (DDPM's step index for VP)
   model.skip_rescale = True
   model.resblock = "biggan"  # One of: ddpm, biggan.
+  model.channel_mult_emb = 4  # the embedding MLP's width is model_channels * this
+  model.channel_mult_noise = 1  # the noise embedding's width is model_channels * this
+  model.encoder = "standard"  # One of: standard, skip, residual (NCSN++'s progressive input).
+  model.decoder = "standard"  # One of: standard, skip (NCSN++'s progressive output).
+  model.resample_filter = (1, 1)  # (1, 1): box; (1, 3, 3, 1): FIR (NCSN++)
+  model.num_heads = 1
   model.num_classes = 0  # 0: unconditional; K: class-conditional with a learned null label K
   model.label_dropout = 0.1
   model.prediction = "eps"  # One of: eps, score, x0, v (training.loss=dsm only).
