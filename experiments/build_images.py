@@ -158,7 +158,6 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
   """config -> the image diffusion method: a U-Net (or NCSN) trained by DSM or EDM, the configured
   sampler, the image evaluation (``experiments/evaluate/images.py``) with test bits/dim."""
   from experiments import build
-  from experiments.evaluate import images as evaluate_images
 
   sde = build.build_sde(config)
   train_set, test_set = build_image_data(config)
@@ -200,6 +199,8 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
     return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
 
   def evaluate(draw, key, params=None):
+    from experiments.evaluate import images as evaluate_images
+
     summary, plot = evaluate_images.evaluate_config(config, draw, train_set, test_set, key,
                                                     num_classes=num_classes)
     if params is not None and config.eval.bits_per_dim:
@@ -212,9 +213,13 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
     return np.asarray(image_lib.model_to_levels(np.asarray(x), levels))
 
   def write_grid(path, x, title):
+    from experiments.evaluate import images as evaluate_images
+
     evaluate_images.write_grid(path, to_data_range(x), levels, title)
 
   def write_figure(path, plot, title):
+    from experiments.evaluate import images as evaluate_images
+
     evaluate_images.write_figure(path, plot, levels, title)
 
   return Method(init=init, train_step=train_step, sample=sample, evaluate=evaluate,
