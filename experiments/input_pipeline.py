@@ -112,14 +112,21 @@ def image_source(dataset: image_ops.ImageDataset, *, labels: bool = True,
 
 
 def _open_tfds(name: str, split: str, data_dir: str | None, download: bool):
-  """``tfds.data_source`` with a clear error when the dataset is not prepared in ``data_dir``."""
+  """``tfds.data_source`` over array_record files, with a clear error when the dataset is not
+  prepared in ``data_dir`` and ``download`` is False."""
   import tensorflow_datasets as tfds
 
+  # Named explicitly: tfds.data_source picks array_record only when no data_dir is given.
+  builder_kwargs = {"file_format": "array_record"}
+  if download:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=True,
+                            builder_kwargs=builder_kwargs)
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                            builder_kwargs=builder_kwargs)
   except Exception as error:  # noqa: BLE001 - TFDS raises several types here; re-raised below
     try:
-      prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
+      prepared = tfds.builder(name, data_dir=data_dir, **builder_kwargs).is_prepared()
     except Exception:  # noqa: BLE001 - an unknown name: report the original error
       raise error from None
     if prepared:
@@ -127,11 +134,11 @@ def _open_tfds(name: str, split: str, data_dir: str | None, download: bool):
     where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
     raise FileNotFoundError(
         f"TFDS dataset {name!r} (split {split!r}) is not prepared in {where} as array_record "
-        f"files. Prepare it once, with network and TensorFlow (pip install tensorflow-cpu): "
-        f"tfds build {name} --file_format=array_record" +
+        f"files. Prepare it once, with network (and TensorFlow for image features: pip install "
+        f"tensorflow-cpu): tfds build {name} --file_format=array_record" +
         (f" --data_dir={data_dir}" if data_dir else "") +
-        f", or pass download=True. Original error: "
-        f"{type(error).__name__}: {str(error)[:300]}") from error
+        f", or pass download=True. Original error: {type(error).__name__}: "
+        f"{str(error)[:300]}") from error
 
 
 def tfds_source(name: str, *, split: str, data_dir: str | None = None,

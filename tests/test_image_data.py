@@ -159,6 +159,8 @@ def test_shapes_are_deterministic_in_seed_split_and_prefix():
     shapes.shapes(4, split="all")
   with pytest.raises(ValueError, match="resolution must be an integer >= 8"):
     shapes.shapes(4, resolution=7)
+  with pytest.raises(ValueError, match=r"factors\['x'\] must lie in 0..5"):
+    shapes.render(dict(draws, x=draws["x"] + 6))
 
 
 def test_shapes_colour_centroid_and_area_follow_the_factors(shapes32):

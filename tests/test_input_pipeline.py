@@ -243,3 +243,49 @@ def test_digits_through_the_grain_source_are_cell_centres_of_17_levels():
   pool = {im.tobytes() for im in digits.images.astype(np.int32)}
   pool |= {im[:, ::-1].tobytes() for im in digits.images.astype(np.int32)}
   assert all(np.ascontiguousarray(im).tobytes() in pool for im in levels)
+
+
+def _local_builder_class():
+  """A TFDS builder of 10 constant 4x4 images (Tensor features: array_record, no TensorFlow),
+  registered once under the name "diffusion_jax_test_images"."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  if hasattr(_local_builder_class, "cls"):
+    return _local_builder_class.cls
+
+  class DiffusionJaxTestImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Tensor(shape=(4, 4, 1), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(num_classes=3)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples(10)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {"image": np.full((4, 4, 1), 20 * i, np.uint8), "label": i % 3}
+
+  _local_builder_class.cls = DiffusionJaxTestImages
+  return DiffusionJaxTestImages
+
+
+def test_tfds_source_reads_a_prepared_data_dir_and_prepares_only_when_asked(tmp_path):
+  """Real files, no mock: a data_dir without the dataset is a clear error with download=False,
+  download=True prepares it (a local builder: nothing leaves the machine), then it reads."""
+  _local_builder_class()
+  name, data_dir = "diffusion_jax_test_images", str(tmp_path)
+  with pytest.raises(FileNotFoundError, match=f"'{name}'.*not prepared in {data_dir}"):
+    input_pipeline.tfds_source(name, split="train", data_dir=data_dir)
+  records = input_pipeline.tfds_source(name, split="train", data_dir=data_dir, download=True)
+  examples = [records[i] for i in range(len(records))]
+  assert len(examples) == 10
+  levels = [int(round((e["x0"][0, 0, 0] + 1) * 128 - 0.5)) for e in examples]  # invert the centres
+  assert sorted(levels) == [20 * i for i in range(10)]
+  for e, k in zip(examples, levels):
+    np.testing.assert_array_equal(e["x0"], np.full((4, 4, 1), (2 * k + 1) / 256 - 1, np.float32))
+    assert e["label"] == (k // 20) % 3 and e["label"].dtype == np.int32
+  again = input_pipeline.tfds_source(name, split="train", data_dir=data_dir)  # prepared: reads
+  np.testing.assert_array_equal(again[0]["x0"], examples[0]["x0"])

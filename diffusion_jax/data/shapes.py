@@ -41,6 +41,7 @@ SHAPES = ("square", "circle", "triangle", "heart")
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
            "yellow": (255, 255, 0), "magenta": (255, 0, 255), "cyan": (0, 255, 255)}
 COLOUR_NAMES = tuple(COLOURS)
+assert all(c in (0, 255) for rgb in COLOURS.values() for c in rgb)  # render() relies on it
 SIZES = ("small", "medium", "large")
 SCALES = (0.15, 0.20, 0.25)
 ROTATIONS_DEG = tuple(range(0, 360, 45))
@@ -50,6 +51,7 @@ COLUMNS = ("left", "centre", "right")
 FACTOR_SIZES = {"shape": len(SHAPES), "colour": len(COLOURS), "scale": len(SCALES),
                 "rotation": len(ROTATIONS_DEG), "x": len(POSITIONS), "y": len(POSITIONS)}
 FACTORS = tuple(FACTOR_SIZES)
+_GEOMETRY = ("shape", "scale", "rotation", "x", "y")  # what the coverage depends on
 # Fixed streams: split "train" draws from default_rng((seed, 0)), "test" from default_rng((seed, 1)).
 SPLIT_STREAMS = {"train": 0, "test": 1}
 RESOLUTIONS = (16, 32)
@@ -105,7 +107,8 @@ def _coverage(shape, scale, rotation, x, y, resolution: int) -> np.ndarray:
   a, b = cos * du + sin * dv, cos * dv - sin * du
   mask = _inside(int(shape), a, b)
   n = mask.shape[0]
-  return mask.reshape(n, resolution, sub, resolution, sub).mean(axis=(2, 4), dtype=np.float32)
+  hits = mask.reshape(n, resolution, sub, resolution, sub).sum(axis=(2, 4), dtype=np.int32)
+  return hits.astype(np.float32) / (sub * sub)
 
 
 def _check_factors(factors: dict) -> dict[str, np.ndarray]:
@@ -139,18 +142,21 @@ def render(factors: dict, resolution: int = 16, *, chunk: int = 256) -> np.ndarr
   """
   factors = _check_factors(factors)
   resolution = _check_resolution(resolution)
-  geometry = np.stack([factors[f] for f in ("shape", "scale", "rotation", "x", "y")], axis=1)
-  combos, inverse = np.unique(geometry, axis=0, return_inverse=True)
-  coverage = np.empty((len(combos), resolution, resolution), np.float32)
+  sizes = [FACTOR_SIZES[f] for f in _GEOMETRY]
+  keys = np.ravel_multi_index(np.stack([factors[f] for f in _GEOMETRY]), sizes)
+  keys, inverse = np.unique(keys, return_inverse=True)  # render each distinct geometry once
+  combos = np.stack(np.unravel_index(keys, sizes), axis=1)
+  coverage = np.empty((len(combos), resolution, resolution), np.uint8)  # round(255 coverage)
   for shape in np.unique(combos[:, 0]):
     rows = np.flatnonzero(combos[:, 0] == shape)
     for start in range(0, len(rows), chunk):
       part = rows[start:start + chunk]
       c = combos[part]
-      coverage[part] = _coverage(shape, c[:, 1], c[:, 2], c[:, 3], c[:, 4], resolution)
-  colours = np.asarray(list(COLOURS.values()), np.float32)[factors["colour"]]  # (N, 3)
-  images = coverage[inverse.reshape(-1)][..., None] * colours[:, None, None, :]
-  return np.round(images).astype(np.uint8)
+      cover = _coverage(shape, c[:, 1], c[:, 2], c[:, 3], c[:, 4], resolution)
+      coverage[part] = np.round(cover * 255)
+  # Palette channels are 0 or 255, so round(c x coverage) = (c / 255) round(255 coverage).
+  channels = (np.asarray(list(COLOURS.values()), np.uint8) // 255)[factors["colour"]]  # (N, 3)
+  return coverage[inverse.reshape(-1)][..., None] * channels[:, None, None, :]
 
 
 def factor_values(factors: dict) -> dict[str, np.ndarray]:
@@ -207,6 +213,9 @@ def sample_factors(num: int, *, seed: int = 0, split: str = "train") -> dict[str
 def shapes(num: int, *, resolution: int = 16, seed: int = 0, split: str = "train") -> ImageDataset:
   """``num`` procedural shapes as an ``ImageDataset``: (num, R, R, 3) uint8 (L = 256), labels =
   the shape index (class_names ``SHAPES``), factor indices and values, captions.
+
+  image = round(colour x coverage(shape, scale, rotation, x, y)), factors uniform and independent
+  on their grids (the dSprites design, Matthey et al. 2017; see the module docstring).
 
   Deterministic in (num, resolution, seed, split): the first n examples of a larger draw are the
   draw of n. "train" and "test" are independent draws from the same law (seed streams 0, 1);
