@@ -22,15 +22,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import _checks
+from diffusion_jax.nets import init as inits
 from diffusion_jax.nets.conv import Conv2D
 from diffusion_jax.nets.embeddings import GaussianFourierEmbedding
 
 
-def _init(scale: float):
+def _init(scale: float) -> inits.HostInit:
   """Variance-scaling ("fan_avg", uniform) init; scale 1 is Xavier/Glorot uniform, the init of
   score_sde's ``default_init`` and EDM's ``xavier_uniform``. Tiny scales stand for the papers'
   zero-initialised layers (score_sde: init_scale 0 -> 1e-10; EDM: init_weight 1e-5 -> 1e-10)."""
-  return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+  return inits.variance_scaling(scale)
+
+
+def _dense(features: int, name: str, dtype, scale: float = 1.0) -> nn.Dense:
+  return nn.Dense(features, kernel_init=_init(scale), bias_init=inits.zeros, dtype=dtype, name=name)
 
 
 _ZERO = 1e-10  # the papers' "zero" init (see _init)
@@ -47,7 +52,8 @@ def num_groups(channels: int) -> int:
 
 def _group_norm(channels: int, name: str, dtype) -> nn.GroupNorm:
   # Statistics per example over (H, W, C / groups): examples in a batch never mix.
-  return nn.GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype, name=name)
+  return nn.GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype,
+                      scale_init=inits.ones, bias_init=inits.zeros, name=name)
 
 
 def positional_embedding(t: jax.Array, features: int, max_period: float = 10_000.0) -> jax.Array:
@@ -126,7 +132,7 @@ class ResBlock(nn.Module):
     elif self.down:
       h, x = downsample(h, self.resample_filter), downsample(x, self.resample_filter)
     h = Conv2D(c, 3, kernel_init=_init(1.0), dtype=self.dtype, name="conv0")(h)
-    h = h + nn.Dense(c, kernel_init=_init(1.0), dtype=self.dtype, name="emb_proj")(emb)[:, None, None, :]
+    h = h + _dense(c, "emb_proj", self.dtype)(emb)[:, None, None, :]
     h = nn.silu(_group_norm(c, "norm1", self.dtype)(h))
     if self.dropout > 0.0:
       h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
@@ -283,7 +289,7 @@ class UNet(nn.Module):
       if labels is not None and labels.size and (labels.min() < 0 or labels.max() > self.num_classes):
         raise ValueError(f"cond labels must lie in 0..{self.num_classes} ({self.num_classes} is the "
                          f"null label), got values in [{labels.min()}, {labels.max()}].")
-      return nn.Embed(self.num_classes + 1, features, embedding_init=nn.initializers.normal(1.0),
+      return nn.Embed(self.num_classes + 1, features, embedding_init=inits.normal(1.0),
                       name="label_embedding")(cond).astype(dtype)
     if self.cond_dim:
       if cond is None:
@@ -293,8 +299,7 @@ class UNet(nn.Module):
       if not jnp.issubdtype(cond.dtype, jnp.floating) or cond.shape != (batch, self.cond_dim):
         raise ValueError(f"cond must be a float array of shape ({batch}, {self.cond_dim}) for "
                          f"cond_dim={self.cond_dim}, got {cond.dtype}{cond.shape}.")
-      return nn.Dense(features, kernel_init=_init(1.0), dtype=self.dtype,
-                      name="cond_projection")(cond.astype(dtype))
+      return _dense(features, "cond_projection", self.dtype)(cond.astype(dtype))
     if cond is not None:
       raise ValueError("cond was given but the network is unconditional; set num_classes (integer "
                        "labels) or cond_dim (a float condition).")
@@ -311,8 +316,8 @@ class UNet(nn.Module):
     if c is not None:
       e = e + c
     width = self.model_channels * self.channel_mult_emb
-    e = nn.silu(nn.Dense(width, kernel_init=_init(1.0), dtype=self.dtype, name="emb_dense0")(e))
-    return nn.silu(nn.Dense(width, kernel_init=_init(1.0), dtype=self.dtype, name="emb_dense1")(e))
+    e = nn.silu(_dense(width, "emb_dense0", self.dtype)(e))
+    return nn.silu(_dense(width, "emb_dense1", self.dtype)(e))
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, cond=None, *, train: bool = False) -> jax.Array:
