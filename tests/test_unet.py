@@ -274,3 +274,112 @@ def test_init_params_falls_back_to_eager_init_for_other_initialisers():
   jax.tree.map(np.testing.assert_array_equal, params, expected)
   with pytest.raises(ValueError, match="t must be a scalar or have shape"):
     nets.init_params(Tiny(), jr.key(0), jnp.ones((2, 3)), jnp.ones((3,)))
+
+
+def _reference_count(*, model_channels, channel_mult, num_res_blocks, attn_resolutions,
+                     channel_mult_noise, encoder, resolution=32, channels=3):
+  """Parameters of the reference networks, layer by layer as NVlabs/edm's SongUNet.__init__ lists
+  them (score_sde's ncsnpp.py builds the same layers for these options): Linear = i o + o,
+  Conv k x k = k^2 i o + o, GroupNorm = 2 C."""
+  emb, noise = 4 * model_channels, channel_mult_noise * model_channels
+
+  def conv(cin, cout, k):
+    return k * k * cin * cout + cout
+
+  def block(cin, cout, attention=False, resample=False):
+    n = 2 * cin + conv(cin, cout, 3) + emb * cout + cout + 2 * cout + conv(cout, cout, 3)
+    if cin != cout or resample:
+      n += conv(cin, cout, 1)
+    if attention:  # norm, qkv, proj (score_sde: norm + four 1x1 "NIN" layers, the same count)
+      n += 2 * cout + conv(cout, 3 * cout, 1) + conv(cout, cout, 1)
+    return n
+
+  total = noise * emb + emb + emb * emb + emb  # map_layer0, map_layer1
+  cout, caux, skips = channels, channels, []
+  for level, mult in enumerate(channel_mult):
+    res = resolution >> level
+    if level == 0:
+      total += conv(cout, model_channels, 3)
+      cout = model_channels
+    else:
+      total += block(cout, cout, resample=True)
+      if encoder == "residual":
+        total += conv(caux, cout, 3)
+        caux = cout
+    skips.append(cout)
+    for _ in range(num_res_blocks):
+      total += block(cout, model_channels * mult, attention=res in attn_resolutions)
+      cout = model_channels * mult
+      skips.append(cout)
+  for level, mult in reversed(list(enumerate(channel_mult))):
+    res = resolution >> level
+    if level == len(channel_mult) - 1:
+      total += block(cout, cout, attention=True) + block(cout, cout)
+    else:
+      total += block(cout, cout, resample=True)
+    for i in range(num_res_blocks + 1):
+      total += block(cout + skips.pop(), model_channels * mult,
+                     attention=i == num_res_blocks and res in attn_resolutions)
+      cout = model_channels * mult
+  return total + 2 * cout + conv(cout, channels, 3)  # output norm and conv
+
+
+def _count(module, size=32, channels=3):
+  x, t = jnp.zeros((1, size, size, channels)), jnp.ones((1,))
+  shapes = jax.eval_shape(lambda: module.init(jr.key(0), x, t))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+
+
+@pytest.mark.parametrize("factory,expected,fields", [
+    # score_sde's configs/vp/cifar10_ddpmpp_continuous.py (sub-VP uses the same network).
+    (nets.ddpmpp_cifar10, 61_804_419,
+     dict(channel_mult=(1, 2, 2, 2), channel_mult_noise=1, encoder="standard")),
+    # configs/ve/cifar10_ncsnpp_continuous.py; score_sde's code adds its 128 Fourier frequencies.
+    (nets.ncsnpp_cifar10, 62_758_787,
+     dict(channel_mult=(1, 2, 2, 2), channel_mult_noise=2, encoder="residual")),
+    # EDM config F, 55.73M in Karras et al. 2022, Table 7 (without the 1,152 augmentation weights).
+    (nets.edm_ddpmpp_cifar10, 55_732_739,
+     dict(channel_mult=(2, 2, 2), channel_mult_noise=1, encoder="standard")),
+    (nets.edm_ncsnpp_cifar10, 56_395_523,
+     dict(channel_mult=(2, 2, 2), channel_mult_noise=2, encoder="residual")),
+])
+def test_paper_configurations_have_the_papers_parameter_counts(factory, expected, fields):
+  reference = _reference_count(model_channels=128, num_res_blocks=4, attn_resolutions=(16,),
+                               **fields)
+  assert reference == expected
+  assert _count(factory()) == expected
+
+
+def test_deep_configurations_add_four_blocks_per_level():
+  # DDPM++ / NCSN++ cont. (deep): 8 blocks per level (score_sde's *_deep_continuous.py configs).
+  for factory, expected, noise, encoder in [(nets.ddpmpp_cifar10, 106_632_579, 1, "standard"),
+                                            (nets.ncsnpp_cifar10, 107_586_947, 2, "residual")]:
+    assert factory(deep=True).num_res_blocks == 8
+    assert _reference_count(model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=8,
+                            attn_resolutions=(16,), channel_mult_noise=noise,
+                            encoder=encoder) == expected
+
+
+def test_edm_preconditioning_wraps_the_unet(labelled):
+  """D(x; s) = c_skip x~ + c_out F(c_in x~; c_noise) with x~ = x / alpha (Karras et al. 2022, eq. 7):
+  the wrapper around the U-Net against the formula assembled from the raw network by hand."""
+  module, params, x, t, apply = labelled
+  sde = sdes.VESDE(sigma_min=0.01, sigma_max=50.0)
+  labels = jnp.array([0, 1, 2, K])
+  precond = EDMPrecond(nets.as_model_fn(module), sde, sigma_data=0.5)
+  denoise = jax.jit(lambda p, x, t: precond(p, x, t, labels))
+  x_t = 3.0 * x
+  out = denoise(params, x_t, t)
+  assert out.shape == x.shape and np.all(np.isfinite(out))
+  alpha, sigma = sde.alpha(t), sde.sigma(t)
+  s = sigma / alpha
+  c_skip, c_out, c_in, c_noise = edm_coefficients(s, 0.5)
+  e = lambda a: a[:, None, None, None]  # noqa: E731
+  x_tilde = x_t / e(alpha)
+  raw = apply(params, e(c_in) * x_tilde, c_noise, labels)
+  # The same float32 operations in another order: a few ulps of outputs of size ~1.
+  np.testing.assert_allclose(out, e(c_skip) * x_tilde + e(c_out) * raw, rtol=1e-5, atol=1e-5)
+  # At initialisation F ~ 0 (zero-initialised output convolution), so D = c_skip x~: the noisy
+  # input shrunk towards 0 by sd^2 / (s^2 + sd^2).
+  fresh = nets.init_params(module, jr.key(0), x, t, labels)
+  np.testing.assert_allclose(denoise(fresh, x_t, t), e(c_skip) * x_tilde, atol=1e-4)  # F ~ 1e-5

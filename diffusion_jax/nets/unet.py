@@ -395,3 +395,55 @@ class UNet(nn.Module):
         out = y if out is None else upsample(out, taps) + y
     assert not skips
     return out.astype(x.dtype)
+
+
+# The papers' CIFAR-10 networks. Parameter counts (32x32x3, unconditional), as jax.eval_shape
+# counts them here; tests/test_unet.py checks them against a layer-by-layer count written from the
+# reference code (score_sde's ncsnpp.py, EDM's SongUNet.__init__).
+
+def ddpmpp_cifar10(*, deep: bool = False, **overrides) -> UNet:
+  """DDPM++ cont. (VP / sub-VP) of Song et al. 2021 (score_sde configs/vp/cifar10_ddpmpp[_deep]
+  _continuous.py): nf 128, ch_mult (1, 2, 2, 2), 4 (deep: 8) BigGAN blocks per level, attention at
+  16x16, positional embedding of 999 t, dropout 0.1, box resampling, no progressive paths.
+  61,804,419 parameters (deep: 106,632,579), as score_sde's code has them."""
+  fields = dict(model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=8 if deep else 4,
+                attn_resolutions=(16,), dropout=0.1, embedding="positional", noise_scale=999.0,
+                resblock="biggan", encoder="standard", decoder="standard", resample_filter=(1, 1))
+  return UNet(**{**fields, **overrides})
+
+
+def ncsnpp_cifar10(*, deep: bool = False, **overrides) -> UNet:
+  """NCSN++ cont. (VE) of Song et al. 2021 (score_sde configs/ve/cifar10_ncsnpp[_deep]
+  _continuous.py): as DDPM++ but a Gaussian Fourier embedding (2 nf features, scale 16) of
+  log sigma (feed t = log sigma; noise_scale 1), FIR resampling (1, 3, 3, 1) and the "residual"
+  input path (progressive_input="residual"). 62,758,787 parameters (deep: 107,586,947); score_sde's
+  code counts 128 more, its Fourier frequencies W, a stop-gradient parameter there and a constant
+  here. score_sde divides the output by sigma (scale_by_sigma): read it as Prediction.EPS."""
+  fields = dict(model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=8 if deep else 4,
+                attn_resolutions=(16,), dropout=0.1, embedding="fourier", fourier_scale=16.0,
+                channel_mult_noise=2, noise_scale=1.0, resblock="biggan", encoder="residual",
+                decoder="standard", resample_filter=(1, 3, 3, 1))
+  return UNet(**{**fields, **overrides})
+
+
+def edm_ddpmpp_cifar10(**overrides) -> UNet:
+  """EDM's DDPM++ for CIFAR-10 (Karras et al. 2022, config F; NVlabs/edm train.py --arch=ddpmpp):
+  SongUNet with model_channels 128, channel_mult (2, 2, 2), 4 blocks, attention at 16, positional
+  embedding of c_noise = log(sigma) / 4 (noise_scale 1; EDMPrecond supplies it), dropout 0.13.
+  55,732,739 parameters (55.73M, the capacity Karras et al. 2022 list in their Table 7); EDM's
+  9-dimensional augmentation label adds 1,152 (not built here)."""
+  fields = dict(model_channels=128, channel_mult=(2, 2, 2), num_res_blocks=4,
+                attn_resolutions=(16,), dropout=0.13, embedding="positional", noise_scale=1.0,
+                resblock="biggan", encoder="standard", decoder="standard", resample_filter=(1, 1))
+  return UNet(**{**fields, **overrides})
+
+
+def edm_ncsnpp_cifar10(**overrides) -> UNet:
+  """EDM's NCSN++ for CIFAR-10 (NVlabs/edm train.py --arch=ncsnpp): as ``edm_ddpmpp_cifar10`` with
+  a Fourier embedding of 2 x 128 features, FIR (1, 3, 3, 1) resampling and the residual encoder.
+  56,395,523 parameters (+1,152 with EDM's augmentation label)."""
+  fields = dict(model_channels=128, channel_mult=(2, 2, 2), num_res_blocks=4,
+                attn_resolutions=(16,), dropout=0.13, embedding="fourier", fourier_scale=16.0,
+                channel_mult_noise=2, noise_scale=1.0, resblock="biggan", encoder="residual",
+                decoder="standard", resample_filter=(1, 3, 3, 1))
+  return UNet(**{**fields, **overrides})
