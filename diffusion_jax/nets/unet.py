@@ -102,6 +102,57 @@ def upsample(x: jax.Array, taps: Sequence[float] = (1, 1)) -> jax.Array:
                                       feature_group_count=c)
 
 
+def embed_condition(cond, *, num_classes: int, cond_dim: int, batch: int, features: int,
+                    dtype=None) -> jax.Array | None:
+  """E(cond), (B, features): a row of a (K + 1)-row table for integer labels in 0..K (K =
+  ``num_classes``, the null label, also used for cond=None), a Dense projection of a float
+  (B, cond_dim) condition, or None for an unconditional network. Call it inside a compact method:
+  the layers it creates belong to that module ("label_embedding" / "cond_projection")."""
+  if num_classes:
+    if cond is None:
+      cond = jnp.full((batch,), num_classes, jnp.int32)
+    cond = jnp.asarray(cond)
+    if not jnp.issubdtype(cond.dtype, jnp.integer) or cond.shape != (batch,):
+      raise ValueError(f"cond must be integer labels of shape ({batch},) in 0..{num_classes} for "
+                       f"num_classes={num_classes}, got {cond.dtype}{cond.shape}.")
+    labels = _checks.concrete_or_none(cond)
+    if labels is not None and labels.size and (labels.min() < 0 or labels.max() > num_classes):
+      raise ValueError(f"cond labels must lie in 0..{num_classes} ({num_classes} is the null "
+                       f"label), got values in [{labels.min()}, {labels.max()}].")
+    table = nn.Embed(num_classes + 1, features, embedding_init=inits.normal(1.0),
+                     name="label_embedding")
+    return table(cond) if dtype is None else table(cond).astype(dtype)
+  if cond_dim:
+    if cond is None:
+      raise ValueError(f"cond must be a float array of shape ({batch}, {cond_dim}) for "
+                       f"cond_dim={cond_dim}, got None.")
+    cond = jnp.asarray(cond)
+    if not jnp.issubdtype(cond.dtype, jnp.floating) or cond.shape != (batch, cond_dim):
+      raise ValueError(f"cond must be a float array of shape ({batch}, {cond_dim}) for "
+                       f"cond_dim={cond_dim}, got {cond.dtype}{cond.shape}.")
+    return _dense(features, "cond_projection", dtype)(cond)
+  if cond is not None:
+    raise ValueError("cond was given but the network is unconditional; set num_classes (integer "
+                     "labels) or cond_dim (a float condition).")
+  return None
+
+
+def check_condition_fields(num_classes, cond_dim) -> None:
+  """num_classes and cond_dim: ints >= 0, not both set."""
+  _checks.check_count("num_classes", num_classes, minimum=0)
+  _checks.check_count("cond_dim", cond_dim, minimum=0)
+  if num_classes and cond_dim:
+    raise ValueError("set num_classes (integer labels) or cond_dim (a continuous condition), "
+                     "not both.")
+
+
+def noise_embedding(t: jax.Array, *, embedding: str, features: int, fourier_scale: float):
+  """The fixed embedding of the (scaled) noise input: positional or Gaussian Fourier features."""
+  if embedding == "positional":
+    return positional_embedding(t, features)
+  return GaussianFourierEmbedding(features, scale=fourier_scale, name="fourier")(t)
+
+
 class ResBlock(nn.Module):
   """h = silu(GN(x)) [resampled]; h = conv(h) + W e; h = conv(drop(silu(GN(h))));
   x = (skip(x) + h) * skip_scale, then optionally x = (x + attn(GN(x))) * skip_scale.
@@ -251,17 +302,13 @@ class UNet(nn.Module):
     _checks.check_count("channel_mult_emb", self.channel_mult_emb)
     _checks.check_count("channel_mult_noise", self.channel_mult_noise)
     _checks.check_count("num_heads", self.num_heads)
-    _checks.check_count("num_classes", self.num_classes, minimum=0)
-    _checks.check_count("cond_dim", self.cond_dim, minimum=0)
+    check_condition_fields(self.num_classes, self.cond_dim)
     if self.out_channels is not None:
       _checks.check_count("out_channels", self.out_channels)
     _checks.check_choice("embedding", self.embedding, _EMBEDDINGS)
     _checks.check_choice("resblock", self.resblock, _RESBLOCKS)
     _checks.check_choice("encoder", self.encoder, _ENCODERS)
     _checks.check_choice("decoder", self.decoder, _DECODERS)
-    if self.num_classes and self.cond_dim:
-      raise ValueError("set num_classes (integer labels) or cond_dim (a continuous condition), "
-                       "not both.")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}.")
     if (self.model_channels * self.channel_mult_noise) % 2:
@@ -276,43 +323,12 @@ class UNet(nn.Module):
       raise ValueError(f"resample_filter must be an even number (>= 2) of taps with a positive "
                        f"sum, e.g. (1, 1) or (1, 3, 3, 1), got {self.resample_filter!r}.")
 
-  def _embed_cond(self, cond, batch: int, features: int, dtype) -> jax.Array | None:
-    """E(cond), (B, features), or None for an unconditional network."""
-    if self.num_classes:
-      if cond is None:
-        cond = jnp.full((batch,), self.num_classes, jnp.int32)
-      cond = jnp.asarray(cond)
-      if not jnp.issubdtype(cond.dtype, jnp.integer) or cond.shape != (batch,):
-        raise ValueError(f"cond must be integer labels of shape ({batch},) in 0..{self.num_classes}"
-                         f" for num_classes={self.num_classes}, got {cond.dtype}{cond.shape}.")
-      labels = _checks.concrete_or_none(cond)
-      if labels is not None and labels.size and (labels.min() < 0 or labels.max() > self.num_classes):
-        raise ValueError(f"cond labels must lie in 0..{self.num_classes} ({self.num_classes} is the "
-                         f"null label), got values in [{labels.min()}, {labels.max()}].")
-      return nn.Embed(self.num_classes + 1, features, embedding_init=inits.normal(1.0),
-                      name="label_embedding")(cond).astype(dtype)
-    if self.cond_dim:
-      if cond is None:
-        raise ValueError(f"cond must be a float array of shape ({batch}, {self.cond_dim}) for "
-                         f"cond_dim={self.cond_dim}, got None.")
-      cond = jnp.asarray(cond)
-      if not jnp.issubdtype(cond.dtype, jnp.floating) or cond.shape != (batch, self.cond_dim):
-        raise ValueError(f"cond must be a float array of shape ({batch}, {self.cond_dim}) for "
-                         f"cond_dim={self.cond_dim}, got {cond.dtype}{cond.shape}.")
-      return _dense(features, "cond_projection", self.dtype)(cond.astype(dtype))
-    if cond is not None:
-      raise ValueError("cond was given but the network is unconditional; set num_classes (integer "
-                       "labels) or cond_dim (a float condition).")
-    return None
-
   def _embed(self, t: jax.Array, cond, dtype) -> jax.Array:
     features = self.model_channels * self.channel_mult_noise
-    s = self.noise_scale * t
-    if self.embedding == "positional":
-      e = positional_embedding(s, features)
-    else:
-      e = GaussianFourierEmbedding(features, scale=self.fourier_scale, name="fourier")(s)
-    c = self._embed_cond(cond, t.shape[0], features, e.dtype)
+    e = noise_embedding(self.noise_scale * t, embedding=self.embedding, features=features,
+                        fourier_scale=self.fourier_scale)
+    c = embed_condition(cond, num_classes=self.num_classes, cond_dim=self.cond_dim,
+                        batch=t.shape[0], features=features, dtype=self.dtype)
     if c is not None:
       e = e + c
     width = self.model_channels * self.channel_mult_emb
