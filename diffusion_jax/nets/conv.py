@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from diffusion_jax import _checks
+from diffusion_jax.nets import init as inits
 
 Initializer = Callable[..., jax.Array]
 
@@ -28,7 +29,7 @@ class Conv2D(nn.Module):
     kernel_size: the (odd) side of the square kernel.
     strides: the stride in both spatial directions.
     use_bias: add a learned bias.
-    kernel_init: initialiser of the (kh, kw, cin, cout) kernel.
+    kernel_init: initialiser of the (kh, kw, cin, cout) kernel (default Glorot uniform).
     bias_init: initialiser of the bias.
     dtype: computation dtype (parameters stay in float32).
   """
@@ -37,8 +38,8 @@ class Conv2D(nn.Module):
   kernel_size: int = 3
   strides: int = 1
   use_bias: bool = True
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  bias_init: Initializer = nn.initializers.zeros_init()
+  kernel_init: Initializer = inits.variance_scaling(1.0)
+  bias_init: Initializer = inits.zeros
   dtype: Any = None
 
   @nn.compact
