@@ -17,14 +17,20 @@ from jax import lax
 from diffusion_jax.nets.conv import Conv2D, conv2d, resolve_weight_grad
 
 METHODS = ("xla", "im2col", "shifted")
-# (H, W, cin, cout, kernel, stride): odd and even sizes (SAME padding is asymmetric for stride 2
-# on even inputs), a non-square image, a 1x1 and a 5x3 kernel.
+# (H, W, cin, cout, kernel, stride): odd and even sizes (stride 2 drops the last row of an odd
+# padded input), a non-square image, 1x1 and 5x5 kernels; a 5x3 kernel for conv2d alone.
 CASES = [(8, 8, 3, 5, 3, 1), (8, 8, 3, 5, 3, 2), (7, 6, 2, 4, 3, 2), (5, 9, 4, 3, 1, 1),
-         (6, 7, 2, 3, (5, 3), 2)]
+         (6, 7, 2, 3, 5, 2)]
+GRAD_CASES = CASES + [(6, 7, 2, 3, (5, 3), 2)]
+
+
+def _padding(kernel_size):
+  """p = (k - 1) // 2 on both sides of each spatial axis (PyTorch's padding=p; lax's SAME at stride 1)."""
+  return tuple(((k - 1) // 2, (k - 1) // 2) for k in kernel_size)
 
 
 def _reference_conv(x, kernel, stride):
-  return lax.conv_general_dilated(x, kernel, (stride, stride), "SAME",
+  return lax.conv_general_dilated(x, kernel, (stride, stride), _padding(kernel.shape[:2]),
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -43,8 +49,7 @@ def test_module_matches_nn_conv(case):
   x, _, _ = _data(case)
   init = dict(kernel_init=nn.initializers.normal(0.3), bias_init=nn.initializers.normal(0.1))
   ours = Conv2D(cout, kernel_size=k, strides=s, **init)
-  theirs = nn.Conv(cout, kernel_size=(k, k) if isinstance(k, int) else k, strides=s,
-                   padding="SAME", **init)
+  theirs = nn.Conv(cout, kernel_size=(k, k), strides=s, padding=_padding((k, k)), **init)
   p_ours = ours.init(jr.PRNGKey(1), x)
   p_theirs = theirs.init(jr.PRNGKey(1), x)
   # Same names, shapes and values: a checkpoint of one loads into the other.
@@ -68,7 +73,7 @@ def _grads(x, kernel, g, stride):
   return {m: jax.grad(loss(m), argnums=(0, 1))(x, kernel) for m in ("reference",) + METHODS}
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", GRAD_CASES)
 def test_gradients_match_xla_autodiff(case):
   x, kernel, kg = _data(case)
   g = jr.normal(kg, _reference_conv(x, kernel, case[-1]).shape)
@@ -130,7 +135,11 @@ def test_auto_and_bad_input():
     conv2d(x, jnp.zeros((3, 3, 2, 1)), weight_grad="matmul!")
   with pytest.raises(ValueError, match="kernel"):
     conv2d(x, jnp.zeros((3, 3, 3, 1)))
+  with pytest.raises(ValueError, match="odd"):
+    conv2d(x, jnp.zeros((2, 3, 2, 1)))
+  with pytest.raises(ValueError, match="kernel_size"):
+    Conv2D(4, kernel_size=2).init(jr.PRNGKey(0), x)
   with pytest.raises(ValueError, match="strides"):
     conv2d(x, jnp.zeros((3, 3, 2, 1)), 0)
-  with pytest.raises(ValueError, match=r"x must have shape \(B, H, W, C\)"):
+  with pytest.raises(ValueError, match=r"shape \(B, H, W, C\)"):
     Conv2D(4).init(jr.PRNGKey(0), jnp.zeros((4, 4, 2)))

@@ -1,8 +1,11 @@
 """Flax linen networks, batched: ``model_fn(params, x, t, cond, *, key, train)`` with a leading batch axis."""
 
+from diffusion_jax.nets.conv import Conv2D
 from diffusion_jax.nets.embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
+from diffusion_jax.nets.init import init_params
 from diffusion_jax.nets.mlp import ScoreMLP
 from diffusion_jax.nets.model_fn import ModelFn, ModuleModelFn, as_model_fn
+from diffusion_jax.nets.unet import UNet
 
-__all__ = ["GaussianFourierEmbedding", "ModelFn", "ModuleModelFn", "ScoreMLP",
-           "SinusoidalEmbedding", "as_model_fn"]
+__all__ = ["Conv2D", "GaussianFourierEmbedding", "ModelFn", "ModuleModelFn", "ScoreMLP",
+           "SinusoidalEmbedding", "UNet", "as_model_fn", "init_params"]

@@ -1,14 +1,18 @@
-"""2-D convolution (NHWC, HWIO, SAME padding) whose weight gradient can be computed as matmuls.
+"""The one 2-D convolution every image network here goes through (NHWC, 'SAME' padding).
 
-Every convolution of the image networks goes through ``Conv2D``. Its parameters are those of
-``flax.linen.Conv`` ('kernel' (kh, kw, cin, cout), 'bias' (cout,)), its forward pass is the same
-XLA convolution, and only the backward pass differs: ``weight_grad`` picks how dL/dW is computed.
+    y[b, i, j, o] = bias[o] + sum_{u, v, c} x[b, s i + u - p, s j + v - p, c] kernel[u, v, c, o]
 
-XLA:CPU lowers the weight gradient of a convolution (itself a convolution, with the batch as the
-contracted dimension and the output cotangent as a large "kernel") through a path much slower
-than its forward convolution; PyTorch's CPU backend does far better there. Writing the same sum
-as matrix products (im2col, Chellapilla et al. 2006) hands the work to XLA's GEMM instead. On
-GPU and TPU XLA's own convolution gradient is the fast one, hence ``weight_grad="auto"``.
+with p = (kernel_size - 1) // 2 zero padding on every side and stride s (PyTorch's padding=p
+convention: for stride 1 it is lax's "SAME"). Its parameters are those of ``flax.linen.Conv``
+('kernel' (kh, kw, cin, cout), 'bias' (cout,)), so checkpoints and parameter counts do not depend
+on which implementation computes it.
+
+The forward pass and the input gradient are always XLA's convolutions; ``weight_grad`` picks how
+the kernel gradient is computed. XLA:CPU lowers the weight gradient of a convolution (itself a
+convolution with the batch as the contracted dimension and the output cotangent as a large
+"kernel") through a path several times slower than PyTorch's CPU backend at 28-32 px; the same
+sum written as matrix products hands the work to XLA's GEMM instead. On GPU and TPU XLA's own
+convolution gradient is the fast one, hence ``weight_grad="auto"``.
 """
 
 from __future__ import annotations
@@ -21,168 +25,149 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from diffusion_jax import _checks
+
+Initializer = Callable[..., jax.Array]
+
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 WEIGHT_GRADS = ("auto", "xla", "im2col", "shifted")
 
 
-def _pair(name: str, value) -> tuple[int, int]:
-  if isinstance(value, bool):
-    raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}.")
-  if isinstance(value, int):
-    value = (value, value)
-  value = tuple(value)
-  if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                for v in value):
-    raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}.")
-  return value
+def _conv(x, kernel, strides, padding):
+  return lax.conv_general_dilated(x, kernel, window_strides=strides, padding=padding,
+                                  dimension_numbers=_DIMENSION_NUMBERS)
 
 
-def _conv(x, kernel, strides):
-  return lax.conv_general_dilated(x, kernel, strides, "SAME", dimension_numbers=_DIMENSION_NUMBERS)
-
-
-def _padded_input(x, kernel_hw, strides):
-  """x zero-padded exactly as lax's SAME padding pads it (so out[h] reads xp[s h : s h + k])."""
-  pads = lax.padtype_to_pads(x.shape[1:3], kernel_hw, strides, "SAME")
-  return jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-
-
-def _shifted_view(xp, i, j, out_hw, strides):
-  """xp[:, s_h h + i, s_w w + j, :] for every output position (h, w): (B, Ho, Wo, C)."""
+def _shifted_view(xp, u, v, out_hw, strides):
+  """xp[:, s_h i + u, s_w j + v, :] for every output position (i, j): (B, Ho, Wo, C)."""
   (ho, wo), (sh, sw) = out_hw, strides
-  return xp[:, i:i + (ho - 1) * sh + 1:sh, j:j + (wo - 1) * sw + 1:sw, :]
+  return xp[:, u:u + (ho - 1) * sh + 1:sh, v:v + (wo - 1) * sw + 1:sw, :]
 
 
 def _gram(a, b, dtype):
-  """a^T b over the flattened leading axes: (M, K), (M, N) -> (K, N), accumulated in float32+."""
+  """a^T b over all leading axes: (..., K), (..., N) -> (K, N), accumulated in at least float32."""
   acc = jnp.promote_types(dtype, jnp.float32)
   out = lax.dot_general(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]),
                         (((0,), (0,)), ((), ())), preferred_element_type=acc)
   return out.astype(dtype)
 
 
-def _weight_grad_im2col(x, g, kernel_shape, strides):
-  """dW as one matmul: im2col patches (B Ho Wo, kh kw cin) transposed times g (B Ho Wo, cout)."""
+def _weight_grad(x, g, kernel_shape, strides, padding, method):
+  """dL/dW[u, v, c, o] = sum_{b, i, j} x_pad[b, s i + u, s j + v, c] g[b, i, j, o]."""
   kh, kw, cin, cout = kernel_shape
-  xp = _padded_input(x, (kh, kw), strides)
-  patches = jnp.concatenate([_shifted_view(xp, i, j, g.shape[1:3], strides)
-                             for i in range(kh) for j in range(kw)], axis=-1)
-  return _gram(patches, g, x.dtype).reshape(kh, kw, cin, cout)
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  views = [_shifted_view(xp, u, v, g.shape[1:3], strides) for u in range(kh) for v in range(kw)]
+  if method == "im2col":
+    # One matmul: the patch matrix (B Ho Wo, kh kw cin) transposed times g (B Ho Wo, cout).
+    return _gram(jnp.concatenate(views, axis=-1), g, x.dtype).reshape(kh, kw, cin, cout)
+  # "shifted": one (cin, cout) matmul per kernel tap, without the kh kw times larger patch buffer.
+  return jnp.stack([_gram(view, g, x.dtype) for view in views]).reshape(kh, kw, cin, cout)
 
 
-def _weight_grad_shifted(x, g, kernel_shape, strides):
-  """dW[i, j] = view_ij(x)^T g, one (cin, cout) matmul per kernel tap (no patch buffer)."""
-  kh, kw, cin, cout = kernel_shape
-  xp = _padded_input(x, (kh, kw), strides)
-  taps = [_gram(_shifted_view(xp, i, j, g.shape[1:3], strides), g, x.dtype)
-          for i in range(kh) for j in range(kw)]
-  return jnp.stack(taps).reshape(kh, kw, cin, cout)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_matmul_weight_grad(x, kernel, strides, padding, method):
+  return _conv(x, kernel, strides, padding)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_custom_grad(x, kernel, strides, weight_grad):
-  return _conv(x, kernel, strides)
+def _conv_matmul_weight_grad_fwd(x, kernel, strides, padding, method):
+  return _conv(x, kernel, strides, padding), (x, kernel)
 
 
-def _conv_custom_grad_fwd(x, kernel, strides, weight_grad):
-  return _conv(x, kernel, strides), (x, kernel)
-
-
-def _conv_custom_grad_bwd(strides, weight_grad, residuals, g):
+def _conv_matmul_weight_grad_bwd(strides, padding, method, residuals, g):
   x, kernel = residuals
-  # Input gradient: the transposed convolution exactly as autodiff of lax.conv gives it.
-  _, input_vjp = jax.vjp(lambda x_: _conv(x_, kernel, strides), x)
+  # The input gradient: XLA's transposed convolution, exactly as autodiff of lax.conv gives it.
+  _, input_vjp = jax.vjp(lambda x_: _conv(x_, kernel, strides, padding), x)
   (dx,) = input_vjp(g)
-  compute = _weight_grad_im2col if weight_grad == "im2col" else _weight_grad_shifted
-  dw = compute(x, g.astype(x.dtype), kernel.shape, strides).astype(kernel.dtype)
-  return dx, dw
+  dw = _weight_grad(x, g.astype(x.dtype), kernel.shape, strides, padding, method)
+  return dx, dw.astype(kernel.dtype)
 
 
-_conv_custom_grad.defvjp(_conv_custom_grad_fwd, _conv_custom_grad_bwd)
+_conv_matmul_weight_grad.defvjp(_conv_matmul_weight_grad_fwd, _conv_matmul_weight_grad_bwd)
 
 
 def resolve_weight_grad(weight_grad: str) -> str:
-  """The concrete method for ``weight_grad``: "auto" is "shifted" on the CPU backend, else "xla"."""
-  if weight_grad not in WEIGHT_GRADS:
-    raise ValueError(f"weight_grad must be one of {WEIGHT_GRADS}, got {weight_grad!r}.")
+  """The method "auto" stands for on the default backend: "shifted" on CPU, "xla" elsewhere."""
+  _checks.check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
   if weight_grad == "auto":
     return "shifted" if jax.default_backend() == "cpu" else "xla"
   return weight_grad
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, strides: int | Sequence[int] = 1, *,
+def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, *,
            weight_grad: str = "auto") -> jax.Array:
-  """y[n, h, w, o] = sum_{i, j, c} x_pad[n, s h + i, s w + j, c] W[i, j, c, o] (SAME padding).
+  """y[b, i, j, o] = sum_{u, v, c} x[b, s i + u - p, s j + v - p, c] kernel[u, v, c, o], p = (k - 1) / 2.
 
   Forward and input gradient are XLA's (``lax.conv_general_dilated`` and its autodiff). The
-  weight gradient dL/dW[i, j, c, o] = sum_{n, h, w} x_pad[n, s h + i, s w + j, c] g[n, h, w, o]
-  is, by ``weight_grad``: "xla", XLA's convolution gradient (plain autodiff); "im2col", one matmul
-  of the im2col patch matrix with the cotangent (Chellapilla et al. 2006); "shifted", kh * kw
-  matmuls of shifted views of x with the cotangent (the same sum, without the kh * kw times larger
-  patch buffer); "auto", "shifted" when ``jax.default_backend()`` is "cpu" at trace time, else
-  "xla".
+  kernel gradient dL/dW[u, v, c, o] = sum_{b, i, j} x_pad[b, s i + u, s j + v, c] g[b, i, j, o]
+  is computed, by ``weight_grad``, as: "xla", XLA's convolution gradient (plain autodiff);
+  "im2col", one matmul of the im2col patch matrix with the output cotangent (Chellapilla et al.
+  2006, "High performance convolutional neural networks for document processing"); "shifted",
+  kh * kw matmuls of shifted views of x with the cotangent (the same sum, without the patch
+  buffer); "auto", "shifted" when ``jax.default_backend()`` is "cpu" at trace time, else "xla".
 
   Args:
-    x: (B, H, W, cin) input.
-    kernel: (kh, kw, cin, cout) weights, the layout of ``flax.linen.Conv``.
-    strides: an int or a (sh, sw) pair.
+    x: (B, H, W, cin) images.
+    kernel: (kh, kw, cin, cout) with odd kh, kw (the layout of ``flax.linen.Conv``).
+    strides: the stride s in both spatial directions.
     weight_grad: "auto" | "xla" | "im2col" | "shifted".
   Returns:
-    (B, ceil(H / sh), ceil(W / sw), cout).
+    (B, (H - 1) // s + 1, (W - 1) // s + 1, cout).
   """
-  strides = _pair("strides", strides)
+  _checks.check_count("strides", strides)
   method = resolve_weight_grad(weight_grad)
   if x.ndim != 4:
-    raise ValueError(f"x must have shape (B, H, W, C), got {x.shape}.")
-  if kernel.ndim != 4 or kernel.shape[2] != x.shape[-1]:
-    raise ValueError(f"kernel must have shape (kh, kw, {x.shape[-1]}, cout) for x {x.shape}, got "
-                     f"{kernel.shape}.")
+    raise ValueError(f"x must be NHWC images of shape (B, H, W, C), got {x.shape}.")
+  if kernel.ndim != 4 or kernel.shape[2] != x.shape[-1] or not (kernel.shape[0] % 2
+                                                                and kernel.shape[1] % 2):
+    raise ValueError(f"kernel must have shape (kh, kw, {x.shape[-1]}, cout) with odd kh, kw for x "
+                     f"{x.shape}, got {kernel.shape}.")
+  strides = (strides, strides)
+  padding = tuple(((k - 1) // 2, (k - 1) // 2) for k in kernel.shape[:2])
   if method == "xla":
-    return _conv(x, kernel, strides)
-  return _conv_custom_grad(x, kernel, strides, method)
+    return _conv(x, kernel, strides, padding)
+  return _conv_matmul_weight_grad(x, kernel, strides, padding, method)
 
 
 class Conv2D(nn.Module):
-  """y = conv2d(x, W) + b, W: (kh, kw, cin, cout), SAME padding; ``flax.linen.Conv``'s parameters.
+  """A square 2-D convolution on NHWC images, zero-padded so that stride 1 keeps the size.
 
-  Drop-in for ``nn.Conv(features, (k, k), strides, padding="SAME")``: the same parameter names,
-  shapes and initial values for the same ``kernel_init``, and the same forward computation; only
-  the backward pass of the kernel can differ (see ``conv2d`` and ``weight_grad``).
+  y = conv2d(x, kernel) + bias with ``flax.linen.Conv``'s parameters; only the way the kernel
+  gradient is computed depends on ``weight_grad`` (see ``conv2d``), never the values.
 
   Attributes:
-    features: cout.
-    kernel_size: k or (kh, kw).
-    strides: s or (sh, sw).
-    use_bias: add a learned bias b (cout,).
-    kernel_init, bias_init: initialisers of W and b.
-    dtype: the computation dtype (None: promote inputs and parameters, as flax does).
-    param_dtype: the parameters' dtype.
-    weight_grad: "auto" | "xla" | "im2col" | "shifted", how dL/dW is computed.
+    features: output channels.
+    kernel_size: the (odd) side of the square kernel.
+    strides: the stride in both spatial directions.
+    use_bias: add a learned bias.
+    kernel_init: initialiser of the (kh, kw, cin, cout) kernel.
+    bias_init: initialiser of the bias.
+    dtype: computation dtype (parameters stay in float32; None: the input's dtype).
+    weight_grad: "auto" | "xla" | "im2col" | "shifted", how dL/dkernel is computed.
   """
 
   features: int
-  kernel_size: int | Sequence[int] = 3
-  strides: int | Sequence[int] = 1
+  kernel_size: int = 3
+  strides: int = 1
   use_bias: bool = True
-  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
-  bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+  bias_init: Initializer = nn.initializers.zeros_init()
   dtype: Any = None
-  param_dtype: Any = jnp.float32
   weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    if not isinstance(self.features, int) or isinstance(self.features, bool) or self.features < 1:
-      raise ValueError(f"features must be a positive int, got {self.features!r}.")
-    kh, kw = _pair("kernel_size", self.kernel_size)
+    _checks.check_count("features", self.features)
+    _checks.check_count("kernel_size", self.kernel_size)
+    _checks.check_count("strides", self.strides)
+    if self.kernel_size % 2 == 0:
+      raise ValueError(f"kernel_size must be odd (symmetric 'SAME' padding), got {self.kernel_size}.")
     if x.ndim != 4:
-      raise ValueError(f"x must have shape (B, H, W, C), got {x.shape}.")
-    kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
-                        self.param_dtype)
-    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv2d(x, kernel, self.strides, weight_grad=self.weight_grad)
-    if bias is not None:
-      y = y + bias.reshape((1, 1, 1, -1))
+      raise ValueError(f"x must be NHWC images of shape (B, H, W, C), got {x.shape}.")
+    k = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+    dtype = self.dtype or x.dtype
+    y = conv2d(x.astype(dtype), kernel.astype(dtype), self.strides, weight_grad=self.weight_grad)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+      y = y + bias.astype(dtype)
     return y
