@@ -2,27 +2,138 @@
 
     y[b, i, j, o] = bias[o] + sum_{u, v, c} x[b, s i + u - p, s j + v - p, c] kernel[u, v, c, o]
 
-with p = (kernel_size - 1) // 2 zero padding and stride s. Its parameters are those of
-``flax.linen.Conv`` ('kernel' (kh, kw, cin, cout), 'bias' (cout,)), so checkpoints and parameter
-counts do not depend on which implementation computes it.
+with p = (kernel_size - 1) // 2 zero padding on every side and stride s (PyTorch's padding=p
+convention: for stride 1 it is lax's "SAME"). Its parameters are those of ``flax.linen.Conv``
+('kernel' (kh, kw, cin, cout), 'bias' (cout,)), so checkpoints and parameter counts do not depend
+on which implementation computes it.
+
+The forward pass and the input gradient are always XLA's convolutions; ``weight_grad`` picks how
+the kernel gradient is computed. XLA:CPU lowers the weight gradient of a convolution (itself a
+convolution with the batch as the contracted dimension and the output cotangent as a large
+"kernel") through a path several times slower than PyTorch's CPU backend at 28-32 px; the same
+sum written as matrix products hands the work to XLA's GEMM instead. On GPU and TPU XLA's own
+convolution gradient is the fast one, hence ``weight_grad="auto"``.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from diffusion_jax import _checks
 from diffusion_jax.nets import init as inits
 
 Initializer = Callable[..., jax.Array]
 
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+WEIGHT_GRADS = ("auto", "xla", "im2col", "shifted")
+
+
+def _conv(x, kernel, strides, padding):
+  return lax.conv_general_dilated(x, kernel, window_strides=strides, padding=padding,
+                                  dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def _shifted_view(xp, u, v, out_hw, strides):
+  """xp[:, s_h i + u, s_w j + v, :] for every output position (i, j): (B, Ho, Wo, C)."""
+  (ho, wo), (sh, sw) = out_hw, strides
+  return xp[:, u:u + (ho - 1) * sh + 1:sh, v:v + (wo - 1) * sw + 1:sw, :]
+
+
+def _gram(a, b, dtype):
+  """a^T b over all leading axes: (..., K), (..., N) -> (K, N), accumulated in at least float32."""
+  acc = jnp.promote_types(dtype, jnp.float32)
+  out = lax.dot_general(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]),
+                        (((0,), (0,)), ((), ())), preferred_element_type=acc)
+  return out.astype(dtype)
+
+
+def _weight_grad(x, g, kernel_shape, strides, padding, method):
+  """dL/dW[u, v, c, o] = sum_{b, i, j} x_pad[b, s i + u, s j + v, c] g[b, i, j, o]."""
+  kh, kw, cin, cout = kernel_shape
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  views = [_shifted_view(xp, u, v, g.shape[1:3], strides) for u in range(kh) for v in range(kw)]
+  if method == "im2col":
+    # One matmul: the patch matrix (B Ho Wo, kh kw cin) transposed times g (B Ho Wo, cout).
+    return _gram(jnp.concatenate(views, axis=-1), g, x.dtype).reshape(kh, kw, cin, cout)
+  # "shifted": one (cin, cout) matmul per kernel tap, without the kh kw times larger patch buffer.
+  return jnp.stack([_gram(view, g, x.dtype) for view in views]).reshape(kh, kw, cin, cout)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_matmul_weight_grad(x, kernel, strides, padding, method):
+  return _conv(x, kernel, strides, padding)
+
+
+def _conv_matmul_weight_grad_fwd(x, kernel, strides, padding, method):
+  return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv_matmul_weight_grad_bwd(strides, padding, method, residuals, g):
+  x, kernel = residuals
+  # The input gradient: XLA's transposed convolution, exactly as autodiff of lax.conv gives it.
+  _, input_vjp = jax.vjp(lambda x_: _conv(x_, kernel, strides, padding), x)
+  (dx,) = input_vjp(g)
+  dw = _weight_grad(x, g.astype(x.dtype), kernel.shape, strides, padding, method)
+  return dx, dw.astype(kernel.dtype)
+
+
+_conv_matmul_weight_grad.defvjp(_conv_matmul_weight_grad_fwd, _conv_matmul_weight_grad_bwd)
+
+
+def resolve_weight_grad(weight_grad: str) -> str:
+  """The method "auto" stands for on the default backend: "shifted" on CPU, "xla" elsewhere."""
+  _checks.check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
+  if weight_grad == "auto":
+    return "shifted" if jax.default_backend() == "cpu" else "xla"
+  return weight_grad
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, *,
+           weight_grad: str = "auto") -> jax.Array:
+  """y[b, i, j, o] = sum_{u, v, c} x[b, s i + u - p, s j + v - p, c] kernel[u, v, c, o], p = (k - 1) / 2.
+
+  Forward and input gradient are XLA's (``lax.conv_general_dilated`` and its autodiff). The
+  kernel gradient dL/dW[u, v, c, o] = sum_{b, i, j} x_pad[b, s i + u, s j + v, c] g[b, i, j, o]
+  is computed, by ``weight_grad``, as: "xla", XLA's convolution gradient (plain autodiff);
+  "im2col", one matmul of the im2col patch matrix with the output cotangent (Chellapilla et al.
+  2006, "High performance convolutional neural networks for document processing"); "shifted",
+  kh * kw matmuls of shifted views of x with the cotangent (the same sum, without the patch
+  buffer); "auto", "shifted" when ``jax.default_backend()`` is "cpu" at trace time, else "xla".
+
+  Args:
+    x: (B, H, W, cin) images.
+    kernel: (kh, kw, cin, cout) with odd kh, kw (the layout of ``flax.linen.Conv``).
+    strides: the stride s in both spatial directions.
+    weight_grad: "auto" | "xla" | "im2col" | "shifted".
+  Returns:
+    (B, (H - 1) // s + 1, (W - 1) // s + 1, cout).
+  """
+  _checks.check_count("strides", strides)
+  method = resolve_weight_grad(weight_grad)
+  if x.ndim != 4:
+    raise ValueError(f"x must be NHWC images of shape (B, H, W, C), got {x.shape}.")
+  if kernel.ndim != 4 or kernel.shape[2] != x.shape[-1] or not (kernel.shape[0] % 2
+                                                                and kernel.shape[1] % 2):
+    raise ValueError(f"kernel must have shape (kh, kw, {x.shape[-1]}, cout) with odd kh, kw for x "
+                     f"{x.shape}, got {kernel.shape}.")
+  strides = (strides, strides)
+  padding = tuple(((k - 1) // 2, (k - 1) // 2) for k in kernel.shape[:2])
+  if method == "xla":
+    return _conv(x, kernel, strides, padding)
+  return _conv_matmul_weight_grad(x, kernel, strides, padding, method)
+
 
 class Conv2D(nn.Module):
   """A square 2-D convolution on NHWC images, zero-padded so that stride 1 keeps the size.
+
+  y = conv2d(x, kernel) + bias with ``flax.linen.Conv``'s parameters; only the way the kernel
+  gradient is computed depends on ``weight_grad`` (see ``conv2d``), never the values.
 
   Attributes:
     features: output channels.
@@ -31,7 +142,8 @@ class Conv2D(nn.Module):
     use_bias: add a learned bias.
     kernel_init: initialiser of the (kh, kw, cin, cout) kernel (default Glorot uniform).
     bias_init: initialiser of the bias.
-    dtype: computation dtype (parameters stay in float32).
+    dtype: computation dtype (parameters stay in float32; None: the input's dtype).
+    weight_grad: "auto" | "xla" | "im2col" | "shifted", how dL/dkernel is computed.
   """
 
   features: int
@@ -41,6 +153,7 @@ class Conv2D(nn.Module):
   kernel_init: Initializer = inits.variance_scaling(1.0)
   bias_init: Initializer = inits.zeros
   dtype: Any = None
+  weight_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -54,10 +167,7 @@ class Conv2D(nn.Module):
     k = self.kernel_size
     kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
     dtype = self.dtype or x.dtype
-    pad = (k - 1) // 2
-    y = jax.lax.conv_general_dilated(
-        x.astype(dtype), kernel.astype(dtype), window_strides=(self.strides, self.strides),
-        padding=((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = conv2d(x.astype(dtype), kernel.astype(dtype), self.strides, weight_grad=self.weight_grad)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
       y = y + bias.astype(dtype)
