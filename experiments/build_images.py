@@ -115,7 +115,10 @@ def build_image_model(config: ml_collections.ConfigDict, num_classes: int):
                      resample_filter=tuple(c.resample_filter), num_heads=c.num_heads,
                      num_classes=num_classes)
   if c.name == "ncsn":
-    return nets.NCSN(features=c.model_channels, num_classes=num_classes)
+    return nets.NCSN(features=c.model_channels, channel_mult=tuple(c.channel_mult),
+                     num_res_blocks=c.num_res_blocks, embedding=c.time_embedding,
+                     fourier_scale=c.fourier_scale, noise_scale=c.noise_scale,
+                     num_classes=num_classes)
   raise _unknown("config.model.name", c.name, MODELS)
 
 
