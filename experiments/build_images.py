@@ -157,6 +157,32 @@ def _check_image_conditioning(config, train_set) -> int:
   return num_classes
 
 
+def evaluation_classifier(config: ml_collections.ConfigDict, train_set, test_set):
+  """The data's evaluation classifier (trained once with a fixed seed, then read from the cache)."""
+  from experiments import classifier as classifier_lib
+
+  clf_config = classifier_lib.ClassifierConfig(num_steps=config.eval.classifier_steps)
+  return classifier_lib.load_or_train(config.data.name, train_set, test_set, clf_config,
+                                      cache_dir=config.eval.classifier_dir or None)
+
+
+def evaluate_samples(config: ml_collections.ConfigDict, draw, train_set, test_set,
+                     num_classes: int):
+  """Sample quality next to the floors (``experiments/evaluate/images.py``), in pixels, the
+  evaluation classifier's features and (config.eval.features="inception") Inception-v3's."""
+  from experiments.evaluate import images as evaluate_images
+
+  classifier = evaluation_classifier(config, train_set, test_set)
+  e = config.eval
+  inception = e.inception_weights if e.features == "inception" else None
+  return evaluate_images.evaluate(
+      draw, train_set, test_set,
+      feature_fns=evaluate_images.feature_strategies(classifier, inception),
+      num_samples=config.sampling.num_samples, num_floor_splits=e.floor_repeats,
+      classifier=classifier, num_classes=num_classes, seed=config.seed,
+      confidence=e.confidence)
+
+
 def build_image_method(config: ml_collections.ConfigDict) -> Method:
   """config -> the image diffusion method: a U-Net (or NCSN) trained by DSM or EDM, the configured
   sampler, the image evaluation (``experiments/evaluate/images.py``) with test bits/dim."""
@@ -202,10 +228,8 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
     return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
 
   def evaluate(draw, key, params=None):
-    from experiments.evaluate import images as evaluate_images
-
-    summary, plot = evaluate_images.evaluate_config(config, draw, train_set, test_set, key,
-                                                    num_classes=num_classes)
+    del key  # the evaluation's draws use the runner's sampling keys; its splits config.seed
+    summary, plot = evaluate_samples(config, draw, train_set, test_set, num_classes)
     if params is not None and config.eval.bits_per_dim:
       from experiments import likelihood_eval
 
@@ -218,12 +242,18 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
   def write_grid(path, x, title):
     from experiments.evaluate import images as evaluate_images
 
-    evaluate_images.write_grid(path, to_data_range(x), levels, title)
+    evaluate_images.save_grid(path, image_lib.levels_to_model(to_data_range(x), levels),
+                              title=title)
 
   def write_figure(path, plot, title):
     from experiments.evaluate import images as evaluate_images
 
-    evaluate_images.write_figure(path, plot, levels, title)
+    x = image_lib.levels_to_model(to_data_range(plot["samples"]), levels)
+    if plot.get("labels") is not None:
+      evaluate_images.save_class_grid(path, x, plot["labels"], title=title,
+                                      class_names=train_set.class_names)
+    else:
+      evaluate_images.save_grid(path, x[:100], title=title)
 
   return Method(init=init, train_step=train_step, sample=sample, evaluate=evaluate,
                 example_shape=shape, loss_fn=loss_fn, cond_key=cond_key, null_cond=null_cond,

@@ -295,6 +295,7 @@ def _check_image_numbers(config: ml_collections.ConfigDict) -> None:
                         "path of an Inception-v3 FID weights file (pytorch-fid's "
                         "pt_inception-2015-12-05-6726825d.pth or jax-fid's "
                         f"inception_v3_weights_fid.pickle); got {path!r}, which is not a file.")
+  c.int("eval.classifier_steps")
   conf = config.eval.confidence
   if not (_is_real(conf) and 0 < conf < 1):
     raise ConfigError(f"config.eval.confidence must lie in (0, 1), got {conf!r}.")

@@ -88,6 +88,7 @@ def get_config() -> ml_collections.ConfigDict:
   e.inception_weights = ""  # a pytorch-fid .pth or jax-fid .pickle (features=inception)
   e.classifier_dir = ""  # cache of the evaluation classifiers ("" = ~/.cache/diffusion_jax)
   e.confidence = 0.9
+  e.classifier_steps = 400  # training steps of the evaluation classifier (cached after the first)
   e.bits_per_dim = True  # test-set bits/dim (PF-ODE, dequantized) and the DDPM bound (VP)
 
   lc = config.likelihood
