@@ -9,35 +9,21 @@ import jax.random as jr
 import matplotlib.image
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from diffusion_jax import metrics
+from diffusion_jax.data import digits
 from diffusion_jax.nets import Classifier, init_classifier
 from experiments import classifier as classifier_lib
 from experiments.evaluate import images as images_eval
 
 
-@dataclasses.dataclass(frozen=True)
-class _Images:
-  """The ImageDataset attributes the evaluation reads (until diffusion_jax.data.digits lands)."""
-
-  images: np.ndarray
-  labels: np.ndarray
-  num_levels: int = 17
-
-  def to_model(self):
-    return (-1.0 + 2.0 * (self.images.astype(np.float32) + 0.5) / self.num_levels)
-
-
 def _digits():
-  d = load_digits()
-  perm = np.random.default_rng(0).permutation(len(d.target))
-  images, labels = d.images.astype(np.uint8)[perm, :, :, None], d.target.astype(np.int32)[perm]
-  return _Images(images[:300], labels[:300]), _Images(images[300:400], labels[300:400])
+  # Small parts of the fixed split keep the tests fast: 300 training and 100 test images.
+  return digits("train").subset(slice(0, 300)), digits("test").subset(slice(0, 100))
 
 
-_TINY = classifier_lib.ClassifierConfig(channels=(8, 16), feature_dim=16, num_groups=4,
-                                        num_steps=150, batch_size=16, warmup_steps=5,
+_TINY = classifier_lib.ClassifierConfig(channels=(8,), feature_dim=16, num_groups=4,
+                                        num_steps=300, batch_size=16, warmup_steps=5,
                                         learning_rate=1e-2, ema_decay=0.9, dropout_rate=0.0)
 
 
@@ -80,10 +66,8 @@ def test_init_classifier_matches_flax_init():
   # lecun_normal: variance 1 / fan_in (72); 1152 draws give the std to about 2% (4% tolerance).
   assert np.std(kernel) == pytest.approx(np.sqrt(1 / 72), rel=0.08)
   assert np.abs(kernel).max() <= 2 * np.sqrt(1 / 72) / 0.87962566103423978 + 1e-6  # truncated
-  again = init_classifier(net, jr.key(0), x, t)
+  again = init_classifier(net, jr.key(0), x, t)  # the same key, the same parameters
   assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool((a == b).all()), params, again)))
-  other = init_classifier(net, jr.key(1), x, t)
-  assert not np.array_equal(other["params"]["stem"]["kernel"], params["params"]["stem"]["kernel"])
 
 
 def test_noise_conditional_classifier():
@@ -110,7 +94,7 @@ def test_noise_conditional_classifier():
 def test_trained_classifier_and_cache(trained, data, tmp_path, monkeypatch):
   clf, cache = trained
   assert clf.info["cache"] == "miss"
-  # 150 steps of batch 16 on 300 digits (measured 0.7): far above chance (0.1), short of converged.
+  # 300 steps of batch 16 on 300 digits (measured 0.64): far above chance (0.1), short of converged.
   assert clf.test_accuracy > 0.4
   assert clf.test_accuracy == pytest.approx(clf.accuracy(data[1].to_model(), data[1].labels))
   again = classifier_lib.load_or_train("digits", *data, _TINY, cache_dir=cache)
@@ -120,7 +104,7 @@ def test_trained_classifier_and_cache(trained, data, tmp_path, monkeypatch):
   # Batched like every network here: an example alone gives its row (GroupNorm is per example).
   np.testing.assert_allclose(clf.logits(x[2:3]), clf.logits(x)[2:3], rtol=1e-5, atol=1e-5)
   meta = json.loads((cache / f"{again.info['key']}.json").read_text())
-  assert meta["config"]["channels"] == [8, 16] and meta["name"] == "digits"
+  assert meta["config"]["channels"] == [8] and meta["name"] == "digits"
   probs = clf.probs(x)
   np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-12)  # float64 softmax
   # The key changes with the recipe and with the data; the environment variable moves the cache.

@@ -41,6 +41,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from diffusion_jax import metrics
+from diffusion_jax.data import levels_to_model, model_to_levels, to_grid
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]
 
@@ -75,9 +76,10 @@ def feature_strategies(classifier=None, inception_weights_path=None) -> dict[str
 
 
 def to_cell_centres(x, num_levels: int) -> np.ndarray:
-  """x -> -1 + 2 (k + 1/2) / L, k = clip(floor((x + 1) L / 2), 0, L - 1): the data's representation."""
-  k = np.clip(np.floor((np.asarray(x, np.float64) + 1.0) * num_levels / 2.0), 0, num_levels - 1)
-  return (-1.0 + 2.0 * (k + 0.5) / num_levels).astype(np.float32)
+  """x -> -1 + 2 (k + 1/2) / L, k = clip(floor((x + 1) L / 2), 0, L - 1): the data's representation
+  (``levels_to_model(model_to_levels(x))``, the dequantisation cells' centres)."""
+  x = np.asarray(x, np.float32)
+  return np.asarray(levels_to_model(model_to_levels(x, num_levels), num_levels), np.float32)
 
 
 def _mean_std(values) -> tuple[float, float]:
@@ -211,15 +213,9 @@ def _softmax(logits) -> np.ndarray:
 
 
 def _tile(images: np.ndarray, ncols: int) -> np.ndarray:
-  """(N, H, W, C) in [-1, 1] -> one (rows (H+1) + 1, ncols (W+1) + 1, C) mosaic in [0, 1]."""
-  n, h, w, c = images.shape
-  rows = -(-n // ncols)
-  grid = np.ones((rows * (h + 1) + 1, ncols * (w + 1) + 1, c), np.float32)
+  """(N, H, W, C) in [-1, 1] -> one mosaic in [0, 1], ``ncols`` images a row, white 1-px gaps."""
   pictures = np.clip((np.nan_to_num(images, nan=-1.0) + 1.0) / 2.0, 0.0, 1.0)
-  for i, image in enumerate(pictures):
-    r, col = divmod(i, ncols)
-    grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = image
-  return grid
+  return to_grid(pictures.astype(np.float32), ncols, padding=1, pad_value=1.0)
 
 
 def _save_mosaic(path, grid: np.ndarray, title: str, row_labels=None, row_height=None) -> None:
