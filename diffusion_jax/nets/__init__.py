@@ -1,6 +1,6 @@
 """Flax linen networks, batched: ``model_fn(params, x, t, cond, *, key, train)`` with a leading batch axis."""
 
-from diffusion_jax.nets.classifier import Classifier
+from diffusion_jax.nets.classifier import Classifier, init_classifier
 from diffusion_jax.nets.conv import Conv2D
 from diffusion_jax.nets.embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from diffusion_jax.nets.inception import InceptionFeatures, InceptionV3
@@ -14,4 +14,4 @@ from diffusion_jax.nets.unet import (UNet, ddpmpp_cifar10, edm_ddpmpp_cifar10, e
 __all__ = ["Classifier", "CondInstanceNormPP", "Conv2D", "GaussianFourierEmbedding",
            "InceptionFeatures", "InceptionV3", "ModelFn", "ModuleModelFn", "NCSN", "ScoreMLP",
            "SinusoidalEmbedding", "UNet", "as_model_fn", "ddpmpp_cifar10", "edm_ddpmpp_cifar10",
-           "edm_ncsnpp_cifar10", "init_params", "ncsnpp_cifar10"]
+           "edm_ncsnpp_cifar10", "init_classifier", "init_params", "ncsnpp_cifar10"]
