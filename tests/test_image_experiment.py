@@ -29,7 +29,7 @@ def tiny_digits_config(classifier_dir):
   s = c.sampling
   s.num_steps, s.num_samples, s.batch_size = 3, 32, 32
   e = c.eval
-  e.floor_repeats, e.classifier_steps, e.classifier_dir = 2, 10, str(classifier_dir)
+  e.floor_repeats, e.classifier_steps, e.classifier_dir = 2, 60, str(classifier_dir)
   lc = c.likelihood
   lc.num_samples, lc.batch_size, lc.elbo_steps, lc.rtol, lc.atol = 8, 8, 4, 1e-2, 1e-2
   return c

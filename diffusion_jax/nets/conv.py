@@ -65,25 +65,46 @@ def _weight_grad(x, g, kernel_shape, strides, padding, method):
   return jnp.stack([_gram(view, g, x.dtype) for view in views]).reshape(kh, kw, cin, cout)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_in_kernel(x, dk, strides, padding, method):
+  """conv(x, dk) written as matrix products of shifted views of x with the kernel's taps: linear
+  in dk, so its transpose (what reverse mode needs) is the matmul weight gradient ``_weight_grad``
+  computes, dL/dW[u, v] = view_uv^T g, instead of XLA's convolution gradient."""
+  kh, kw, cin, cout = dk.shape
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  out_hw = tuple((n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in
+                 zip(x.shape[1:3], padding, (kh, kw), strides))
+  views = [_shifted_view(xp, u, v, out_hw, strides) for u in range(kh) for v in range(kw)]
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  if method == "im2col":
+    patches = jnp.concatenate(views, axis=-1)  # (B, Ho, Wo, kh kw cin), taps slowest
+    return lax.dot_general(patches, dk.reshape(kh * kw * cin, cout), (((3,), (0,)), ((), ())),
+                           preferred_element_type=acc).astype(x.dtype)
+  taps = dk.reshape(kh * kw, cin, cout)
+  return sum(lax.dot_general(view, taps[i], (((3,), (0,)), ((), ())), preferred_element_type=acc)
+             for i, view in enumerate(views)).astype(x.dtype)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
 def _conv_matmul_weight_grad(x, kernel, strides, padding, method):
   return _conv(x, kernel, strides, padding)
 
 
-def _conv_matmul_weight_grad_fwd(x, kernel, strides, padding, method):
-  return _conv(x, kernel, strides, padding), (x, kernel)
+def _conv_matmul_weight_grad_jvp(strides, padding, method, primals, tangents):
+  # A custom JVP rather than a custom VJP, so forward mode works too (the likelihood's divergence
+  # takes Jacobian-vector products): the tangent in x is XLA's convolution (its transpose is
+  # XLA's input gradient, as plain autodiff), the tangent in the kernel the matmul form above.
+  x, kernel = primals
+  dx, dk = tangents
+  y = _conv(x, kernel, strides, padding)
+  dy = jnp.zeros_like(y)
+  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+    dy = dy + _conv(dx, kernel, strides, padding)
+  if not isinstance(dk, jax.custom_derivatives.SymbolicZero):
+    dy = dy + _conv_in_kernel(x, dk.astype(x.dtype), strides, padding, method)
+  return y, dy
 
 
-def _conv_matmul_weight_grad_bwd(strides, padding, method, residuals, g):
-  x, kernel = residuals
-  # The input gradient: XLA's transposed convolution, exactly as autodiff of lax.conv gives it.
-  _, input_vjp = jax.vjp(lambda x_: _conv(x_, kernel, strides, padding), x)
-  (dx,) = input_vjp(g)
-  dw = _weight_grad(x, g.astype(x.dtype), kernel.shape, strides, padding, method)
-  return dx, dw.astype(kernel.dtype)
-
-
-_conv_matmul_weight_grad.defvjp(_conv_matmul_weight_grad_fwd, _conv_matmul_weight_grad_bwd)
+_conv_matmul_weight_grad.defjvp(_conv_matmul_weight_grad_jvp, symbolic_zeros=True)
 
 
 def resolve_weight_grad(weight_grad: str) -> str:

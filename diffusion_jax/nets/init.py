@@ -170,6 +170,10 @@ def init_params(module: nn.Module, key: jax.Array, x: jax.Array, t: jax.Array, c
                      f"{t.shape}.")
   cond = jax.tree.map(_first, cond)
   rngs = {"params": key, "dropout": key}
+  if isinstance(key, jax.core.Tracer):
+    # Under a transformation (jax.eval_shape of a train state, jit): nothing can be drawn on the
+    # host, and the traced init is the same computation, abstractly or compiled.
+    return {"params": module.init(rngs, x[:1], t[:1], cond)["params"]}
 
   order: list = []
 
