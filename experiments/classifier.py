@@ -55,7 +55,7 @@ class ClassifierConfig:
   feature_dim: int = 128
   num_groups: int = 8
   dropout_rate: float = 0.1
-  num_steps: int = 400
+  num_steps: int = 300
   batch_size: int = 64
   learning_rate: float = 2e-3
   warmup_steps: int = 50
