@@ -66,7 +66,8 @@ def inception_features(weights_path, *, batch_size: int = 50) -> FeatureFn:
   """The Inception strategy: pool3 (N, 2048) of the FID Inception-v3 from a user-supplied weights
   file (pytorch-fid's .pth or the JAX FID ports' pickle; no package ships them).
 
-  The returned object also has ``logits`` (N, 1008), which ``evaluate`` uses for the Inception Score.
+  The returned object also has ``logits`` (N, 1008), which ``evaluate`` turns into the Inception
+  Score.
   """
   from diffusion_jax.nets import inception
   from experiments.evaluate import inception_weights
@@ -284,7 +285,7 @@ def _save_mosaic(path, grid: np.ndarray, title: str, row_labels=None, row_height
 
 
 def save_grid(path, images, *, title: str, ncols: int | None = None) -> None:
-  """A PNG grid of model-space images (N, H, W, C) in [-1, 1], with a title (non-finite pixels black)."""
+  """A PNG grid of model-space images (N, H, W, C) in [-1, 1] under a title; NaN pixels black."""
   images = np.asarray(images, np.float32)
   if images.ndim != 4 or images.shape[0] == 0 or images.shape[-1] not in (1, 3):
     raise ValueError(f"images must be a non-empty NHWC batch with 1 or 3 channels, got shape "
