@@ -11,13 +11,14 @@ levels) and a hash of the classifier and training configuration, so a changed sp
 reads a stale network. Default directory ``~/.cache/diffusion_jax/classifiers``, overridden by the
 ``cache_dir`` argument or the ``DIFFUSION_JAX_CLASSIFIER_CACHE`` environment variable. An entry is
 two files written atomically (temporary file, then ``os.replace``): ``<key>.msgpack`` (the
-parameters, ``flax.serialization``) and ``<key>.json`` (configuration, test accuracy, training time),
-the JSON written last so that its presence marks a complete entry.
+parameters, ``flax.serialization``) and ``<key>.json`` (configuration, test accuracy, training
+time), the JSON written last so that its presence marks a complete entry.
 
 Training: a Python loop of jitted steps (a ``lax.scan`` over conv steps is slow on XLA:CPU) on
 the cross-entropy of batches with random translations of up to ``max_shift`` pixels (edge
 padding), ``diffusion_jax.train``'s optimiser (AdamW, warm-up, cosine decay) and ``TrainState``,
-and the EMA of the parameters as the result. Parameters are drawn on the host (``init_classifier``: nothing compiled).
+and the EMA of the parameters as the result. Parameters are drawn on the host
+(``init_classifier``: nothing compiled).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class ClassifierConfig:
   feature_dim: int = 128
   num_groups: int = 8
   dropout_rate: float = 0.1
-  num_steps: int = 400
+  num_steps: int = 300
   batch_size: int = 64
   learning_rate: float = 2e-3
   warmup_steps: int = 50
@@ -82,7 +83,7 @@ def _apply(module: Classifier, params, x):
 
 @dataclasses.dataclass(frozen=True)
 class TrainedClassifier:
-  """A classifier with its parameters: ``features`` / ``probs`` / ``logits`` on model-space images."""
+  """A classifier and its parameters: ``features``, ``probs``, ``logits`` of model-space images."""
 
   module: Classifier
   params: Any
@@ -180,7 +181,7 @@ def _make_train_step(module: Classifier, optimizer, config: ClassifierConfig):
 
 def train_classifier(train_set, test_set, config: ClassifierConfig = ClassifierConfig(), *,
                      log=None) -> TrainedClassifier:
-  """Minimise the cross-entropy -log softmax(f(aug(x)))_y over the train split; report test accuracy.
+  """Minimise the cross-entropy -log softmax(f(aug(x)))_y on the train split; report test accuracy.
 
   Fixed seed: the same data and config give the same parameters (on one backend).
   """
@@ -220,7 +221,8 @@ def data_fingerprint(dataset) -> str:
   """sha256 of a split's images, labels and number of levels (first 16 hex digits)."""
   digest = hashlib.sha256()
   images = np.ascontiguousarray(dataset.images)
-  digest.update(str((images.shape, str(images.dtype), getattr(dataset, "num_levels", None))).encode())
+  header = (images.shape, str(images.dtype), getattr(dataset, "num_levels", None))
+  digest.update(str(header).encode())
   digest.update(images.tobytes())
   if getattr(dataset, "labels", None) is not None:
     digest.update(np.ascontiguousarray(np.asarray(dataset.labels, np.int64)).tobytes())
@@ -238,7 +240,7 @@ def cache_key(name: str, train_set, config: ClassifierConfig) -> str:
 
 
 def cache_directory(cache_dir=None) -> pathlib.Path:
-  """``cache_dir``, else $DIFFUSION_JAX_CLASSIFIER_CACHE, else ~/.cache/diffusion_jax/classifiers."""
+  """``cache_dir``, else $DIFFUSION_JAX_CLASSIFIER_CACHE, else ~/.cache/diffusion_jax/classifiers"""
   path = cache_dir if cache_dir is not None else os.environ.get(CACHE_ENV) or DEFAULT_CACHE
   return pathlib.Path(path).expanduser()
 

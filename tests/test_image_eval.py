@@ -170,6 +170,12 @@ def test_evaluate_against_direct_computation(trained, data):
                                             0.2 * summary[f"fd_{space}_floor"])
     assert lo <= summary[f"fd_{space}"] <= hi
   assert summary["copy_fraction"] == 1.0
+  # Held-out images against a threshold from other held-out images: 5% by construction, give or
+  # take the binomial spread of 50 images (sqrt(0.05 * 0.95 / 50) = 0.03) over 4 splits.
+  assert abs(summary["copy_fraction_floor"] - 0.05) < 0.06
+  for key in ("confident_fraction", "class_entropy_bits", "classifier_score"):
+    assert summary[f"{key}_floor_std"] >= 0 and np.isfinite(summary[f"{key}_floor"])
+  assert summary["class_entropy_bits_floor"] <= np.log2(10)
   assert summary["precision"] == pytest.approx(summary["precision_features"])
   np.testing.assert_array_equal(plot["samples"], x)
 
@@ -185,8 +191,15 @@ def test_evaluate_noise_nonfinite_and_conditional(trained, data):
     x[:3] = np.nan
     return {"x": x, "nfe": np.arange(num)}
 
-  summary, plot = images_eval.evaluate(noise, train_set, test_set,
-                                       feature_fns=images_eval.feature_strategies(clf),
+  class FakeInception:  # the inception strategy's interface: features, and logits for the IS
+    projection = np.random.default_rng(1).normal(size=(64, 6))
+    def __call__(self, x):
+      return x.reshape(x.shape[0], -1) @ self.projection
+    def logits(self, x):
+      return self(x)[:, :4]
+
+  fns = {**images_eval.feature_strategies(clf), "inception": FakeInception()}
+  summary, plot = images_eval.evaluate(noise, train_set, test_set, feature_fns=fns,
                                        classifier=clf, num_samples=40, num_floor_splits=3,
                                        num_classes=10, kid_subsets=3)
   np.testing.assert_array_equal(calls[0], np.arange(40) % 10)  # labels 0..K-1 in turn
@@ -196,6 +209,8 @@ def test_evaluate_noise_nonfinite_and_conditional(trained, data):
   assert summary["fd_pixels"] > summary["fd_pixels_floor"] + 10 * summary["fd_pixels_floor_std"]
   assert summary["fd_pixels_ratio"] > 2 and summary["copy_fraction"] == 0.0
   assert 0.0 <= summary["label_accuracy"] <= 1.0
+  assert summary["primary_features"] == "inception" and summary["kid"] == summary["kid_inception"]
+  assert 1.0 <= summary["inception_score"] <= 4.0  # IS lies in [1, K] for K = 4 logits
   with pytest.raises(ValueError, match="draw must return x of shape"):
     images_eval.evaluate(lambda n, c: {"x": np.zeros((n, 4, 4, 1)), "nfe": 1}, train_set,
                          test_set, feature_fns={"pixels": images_eval.pixel_features},

@@ -75,7 +75,8 @@ def test_frechet_bad_input():
   with pytest.raises(ValueError, match="cov1"):
     metrics.frechet_distance(np.zeros(2), np.zeros((3, 3)), np.zeros(2), np.eye(2))
   with pytest.raises(ValueError, match="symmetric"):
-    metrics.frechet_distance(np.zeros(2), np.array([[1.0, 0.5], [0.0, 1.0]]), np.zeros(2), np.eye(2))
+    asymmetric = np.array([[1.0, 0.5], [0.0, 1.0]])
+    metrics.frechet_distance(np.zeros(2), asymmetric, np.zeros(2), np.eye(2))
   with pytest.raises(ValueError, match="same dimension"):
     metrics.fd(np.zeros((4, 2)), np.zeros((4, 3)))
   with pytest.raises(ValueError, match="non-finite"):

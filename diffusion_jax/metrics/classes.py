@@ -58,7 +58,7 @@ def class_entropy_bits(probs) -> float:
 
 
 def confident_fraction(probs, threshold: float = 0.9) -> float:
-  """Share of samples with max_y p(y | x) > threshold: samples the classifier reads as some class."""
+  """Share of samples with max_y p(y | x) > threshold: those the classifier reads as one class."""
   if not 0.0 <= threshold < 1.0:
     raise ValueError(f"threshold must lie in [0, 1), got {threshold!r}.")
   return float(np.mean(_check_probs(probs).max(axis=1) > threshold))

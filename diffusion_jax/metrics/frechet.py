@@ -1,4 +1,4 @@
-"""Frechet distance between Gaussians fitted to feature sets (FID when the features are Inception's).
+"""Frechet distance between Gaussians fitted to feature sets (FID with Inception's features).
 
     d^2 = |mu_1 - mu_2|^2 + tr(C_1) + tr(C_2) - 2 tr((C_1^{1/2} C_2 C_1^{1/2})^{1/2})
 

@@ -19,7 +19,8 @@ from diffusion_jax.metrics._host import as_features, check_int, check_same_dim
 
 def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
   """k(a, b) = (a.b / D + 1)^3 for every row pair: (n, m) (Binkowski et al. 2018, Eq. 9)."""
-  return (x @ y.T / x.shape[1] + 1.0) ** 3
+  k = x @ y.T / x.shape[1] + 1.0
+  return k * k * k  # two products: several times faster than a float power
 
 
 def mmd2_unbiased(x, y) -> float:
@@ -47,7 +48,8 @@ def kid(x, y, *, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
 
   The subsets come from ``np.random.default_rng(seed)``. The mean over subsets is itself an
   unbiased estimate of MMD^2 and its expectation over subsets is exactly the full-set U-statistic.
-  ``subset_size`` must not exceed either set's size.
+  ``subset_size`` must not exceed either set's size; when it equals both, every subset is a
+  permutation of the sets and the full-set value is returned once, with std 0.
   """
   x, y = as_features("x", x), as_features("y", y)
   check_same_dim(x, y)
@@ -56,6 +58,8 @@ def kid(x, y, *, num_subsets: int = 100, subset_size: int = 1000, seed: int = 0
   if subset_size > min(x.shape[0], y.shape[0]):
     raise ValueError(f"subset_size must be <= the size of both sets ({x.shape[0]}, {y.shape[0]}), "
                      f"got {subset_size}.")
+  if subset_size == x.shape[0] == y.shape[0]:
+    return _mmd2_unbiased(x, y), 0.0
   rng = np.random.default_rng(seed)
   values = np.empty(num_subsets)
   for s in range(num_subsets):

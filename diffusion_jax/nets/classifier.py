@@ -1,9 +1,9 @@
-"""A small convolutional image classifier: logits and penultimate features, optionally noise-conditional.
+"""A small convolutional image classifier: logits and penultimate features, optionally noisy.
 
-Used as the evaluation classifier of image models (its penultimate features play the role Inception's
-pool3 plays for FID, its probabilities give the Inception Score, class balance and confidence) and,
-with ``noise_conditional=True``, as the noisy classifier p(y | x_t, t) of classifier guidance
-(Dhariwal & Nichol 2021, Sec. 4), which is why it takes the network contract's t.
+Used as the evaluation classifier of image models (its penultimate features play the role that
+Inception's pool3 plays for FID; its probabilities give the Inception Score, class balance and
+confidence) and, with ``noise_conditional=True``, as the noisy classifier p(y | x_t, t) of
+classifier guidance (Dhariwal & Nichol 2021, Sec. 4), which is why it takes the contract's t.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class _ResBlock(nn.Module):
 
 
 class Classifier(nn.Module):
-  """logits = W_out act(W_f mean_{hw}(blocks(x))), with the penultimate vector act(W_f ...) as features.
+  """logits = W_out f, features f = act(W_f mean_hw(blocks(x))); residual blocks (He et al. 2016).
 
   A conv stem, then one stage per entry of ``channels`` (``blocks_per_stage`` residual blocks with
   GroupNorm, Wu & He 2018) with 2x2 average pooling between stages while the image is larger than
