@@ -258,4 +258,23 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
   return Method(init=init, train_step=train_step, sample=sample, evaluate=evaluate,
                 example_shape=shape, loss_fn=loss_fn, cond_key=cond_key, null_cond=null_cond,
                 score_fn=score_fn, write_figure=write_figure, write_grid=write_grid,
-                to_data_range=to_data_range)
+                to_data_range=to_data_range, headline=image_headline)
+
+
+def image_headline(summary: dict) -> str:
+  """FD in pixels and features against their floors (mean +- std over splits), the classifier's
+  reading of the samples, the copy check and the bits/dim."""
+  parts = []
+  for space in ("pixels", "features", "inception"):
+    if f"fd_{space}" in summary:
+      parts.append(f"FD {space} {summary[f'fd_{space}']:.3g} (floor {summary[f'fd_{space}_floor']:.3g}"
+                   f" +- {summary[f'fd_{space}_floor_std']:.2g}, "
+                   f"{summary[f'fd_{space}'] / summary[f'fd_{space}_floor']:.2f}x)")
+  for key, name, fmt in (("confident_fraction", "confident", ".1%"),
+                         ("class_entropy_bits", "class entropy (bits)", ".3f"),
+                         ("copy_fraction", "copies", ".1%"),
+                         ("bits_per_dim", "bits/dim", ".3f"),
+                         ("bits_per_dim_ddpm_bound", "DDPM bound (bits/dim)", ".3f")):
+    if key in summary and summary[key] is not None:
+      parts.append(f"{name} {summary[key]:{fmt}}")
+  return ", ".join(parts)

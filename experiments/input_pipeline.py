@@ -258,7 +258,8 @@ def local_batches(source, *, batch_size: int, seed: int, start: int, stop: int,
     g = (j // rows) * batch_size + start + j % rows
     return _flipped(data[g], random_flip and flip_bit(seed, g))
 
-  return grain.MapDataset.range(0, sys.maxsize).map(row).batch(rows)
+  # Endless in practice; half of sys.maxsize so that len() fits an index even with one row.
+  return grain.MapDataset.range(0, sys.maxsize // 2).map(row).batch(rows)
 
 
 class GrainSource:

@@ -34,6 +34,7 @@ class Method:
     written during training (config.training.sample_every); None: the method has none.
   to_data_range(x) -> array: model samples in the data's own range and type (images: integer
     levels), saved next to them; None: the model's range is the data's.
+  headline(summary) -> str: the evaluation's numbers in one line (None: the toy two-sample line).
   """
 
   init: Callable
@@ -49,3 +50,4 @@ class Method:
   write_figure: Callable | None = None
   write_grid: Callable | None = None
   to_data_range: Callable | None = None
+  headline: Callable | None = None

@@ -86,5 +86,5 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
   method.write_figure(out_dir / f"{stem}.png", plot,
                       f"{sc.sampler}, {len(ts) - 1} steps, NFE {summary['nfe_mean']:.0f}")
   print(f"Checkpoint step {restored}, {summary['sampler']['repr']}: model vs exact data "
-        f"{train_lib.headline(summary)}. Wrote {out_dir / stem}.npz, .json and .png.")
+        f"{train_lib.headline(summary, method)}. Wrote {out_dir / stem}.npz, .json and .png.")
   return summary

@@ -287,8 +287,10 @@ def save_draws(path: pathlib.Path, draws: dict, method, ts) -> None:
   np.savez(path, ts=np.asarray(ts), **draws, **extra)
 
 
-def headline(summary: dict) -> str:
-  """One line of the evaluation's numbers."""
+def headline(summary: dict, method=None) -> str:
+  """One line of the evaluation's numbers (the method's own line where it has one)."""
+  if method is not None and method.headline is not None:
+    return method.headline(summary)
   def line(part):
     model = part["model_vs_data"]
     if model is None:
@@ -309,7 +311,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   state = train(config, workdir, mesh=mesh, method=method)
   summary = evaluate(config, workdir, state, mesh=mesh, method=method)
   if summary:
-    print(f"Step {summary['step']}: model vs exact data (floor band: mean + 3 std of exact vs "
-          f"exact) {headline(summary)}. Wrote {pathlib.Path(workdir) / 'samples.png'} and "
+    what = ("model vs held-out data" if method.headline is not None else
+            "model vs exact data (floor band: mean + 3 std of exact vs exact)")
+    print(f"Step {summary['step']}: {what} {headline(summary, method)}. Wrote "
+          f"{pathlib.Path(workdir) / 'samples.png'} and "
           f"{pathlib.Path(workdir) / 'eval' / 'summary.json'}.")
   return summary

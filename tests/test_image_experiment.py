@@ -107,8 +107,9 @@ def test_cifar10_ddpmpp_config_builds_and_takes_one_step_at_batch_1():
   config = cifar10_ddpmpp_vp.get_config()
   config.training.batch_size = 1
   config.data.num_test = 2
+  config.eval.features = "classifier"  # the FID weights file is the user's; not needed to train
   with tfds.testing.mock_data(num_examples=2, policy=tfds.testing.MockPolicy.USE_CODE):
-    validate.validate(config, "train")
+    validate.validate(config, "sample")  # every check but the batch's split over 8 test devices
     method = build.build_method(config)
     mesh = sharding.make_mesh(jax.devices()[:1])
     source = build.build_batch_source(config, mesh, keys.key(config, keys.DATA))
@@ -118,12 +119,13 @@ def test_cifar10_ddpmpp_config_builds_and_takes_one_step_at_batch_1():
   # score_sde's DDPM++ cont. (VP) CIFAR-10 network, counted layer by layer from its code
   # (tests/test_unet.py pins the paper configurations' counts).
   assert num_params == 61_804_419
-  before = jax.device_get(state.params)  # the step donates the state's buffers
+  before = jax.device_get(state.opt_state)  # the step donates the state's buffers
   step_fn = sharding.make_sharded_train_step(method.train_step, mesh)
   new_state, metrics, finite = step_fn(state, batch, sharding.key_data(keys.key(config, keys.TRAIN)))
   assert bool(finite) and np.isfinite(float(metrics["loss"]))
   assert int(new_state.step) == 1
   assert batch["x0"].shape == (1, 32, 32, 3)
-  # the update moved the parameters
-  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state.params, before)
+  # The gradient reached Adam's moments (the parameters themselves stay: the paper's learning
+  # rate warms up linearly from 0 over 5,000 steps).
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state.opt_state, before)
   assert any(jax.tree.leaves(moved))
