@@ -16,7 +16,7 @@ from jax import lax
 
 from diffusion_jax.nets.conv import Conv2D, conv2d, resolve_weight_grad
 
-METHODS = ("xla", "im2col", "shifted")
+METHODS = ("xla", "im2col", "matmul")
 # (H, W, cin, cout, kernel, stride): odd and even sizes (stride 2 drops the last row of an odd
 # padded input), a non-square image, 1x1 and 5x5 kernels; a 5x3 kernel for conv2d alone.
 CASES = [(8, 8, 3, 5, 3, 1), (8, 8, 3, 5, 3, 2), (7, 6, 2, 4, 3, 2), (5, 9, 4, 3, 1, 1),
@@ -102,14 +102,14 @@ def test_weight_gradient_matches_finite_differences(stride):
     basis = jnp.eye(kernel.size, dtype=jnp.float64).reshape((-1,) + kernel.shape) * eps
     central = jax.vmap(lambda e: (loss(kernel + e, "xla") - loss(kernel - e, "xla")) / (2 * eps))
     fd = np.asarray(jax.jit(central)(basis)).reshape(kernel.shape)
-    for method in ("im2col", "shifted"):
+    for method in ("im2col", "matmul"):
       dw = np.asarray(jax.jit(jax.grad(loss), static_argnums=1)(kernel, method))
       # Central differences in float64 with eps = 1e-6: truncation O(eps^2 |f'''|) ~ 1e-12 and
       # rounding O(1e-16 |f| / eps) ~ 1e-10 on O(1) entries; 1e-7 leaves a 1000x margin.
       np.testing.assert_allclose(dw, fd, rtol=0, atol=1e-7, err_msg=method)
 
 
-@pytest.mark.parametrize("method", ("im2col", "shifted"))
+@pytest.mark.parametrize("method", ("im2col", "matmul"))
 def test_jit_vmap_and_module_gradient(method):
   case = (6, 6, 2, 3, 3, 2)
   x, _, kg = _data(case, batch=4)
@@ -129,7 +129,9 @@ def test_jit_vmap_and_module_gradient(method):
 
 
 def test_auto_and_bad_input():
-  assert resolve_weight_grad("auto") == ("shifted" if jax.default_backend() == "cpu" else "xla")
+  on_cpu = jax.default_backend() == "cpu"
+  assert resolve_weight_grad("auto", (1, 1)) == ("matmul" if on_cpu else "xla")
+  assert resolve_weight_grad("auto", (3, 3)) == "xla"
   x = jnp.zeros((1, 4, 4, 2))
   with pytest.raises(ValueError, match="weight_grad"):
     conv2d(x, jnp.zeros((3, 3, 2, 1)), weight_grad="matmul!")

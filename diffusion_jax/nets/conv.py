@@ -31,7 +31,7 @@ from diffusion_jax.nets import init as inits
 Initializer = Callable[..., jax.Array]
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
-WEIGHT_GRADS = ("auto", "xla", "im2col", "shifted")
+WEIGHT_GRADS = ("auto", "xla", "matmul", "im2col")
 
 
 def _conv(x, kernel, strides, padding):
@@ -61,7 +61,8 @@ def _weight_grad(x, g, kernel_shape, strides, padding, method):
   if method == "im2col":
     # One matmul: the patch matrix (B Ho Wo, kh kw cin) transposed times g (B Ho Wo, cout).
     return _gram(jnp.concatenate(views, axis=-1), g, x.dtype).reshape(kh, kw, cin, cout)
-  # "shifted": one (cin, cout) matmul per kernel tap, without the kh kw times larger patch buffer.
+  # "matmul": one (cin, cout) matmul per kernel tap, without the kh kw times larger patch buffer
+  # (for a 1x1 kernel at stride 1 the one view is x itself: dW = x^T g).
   return jnp.stack([_gram(view, g, x.dtype) for view in views]).reshape(kh, kw, cin, cout)
 
 
@@ -107,11 +108,18 @@ def _conv_matmul_weight_grad_jvp(strides, padding, method, primals, tangents):
 _conv_matmul_weight_grad.defjvp(_conv_matmul_weight_grad_jvp, symbolic_zeros=True)
 
 
-def resolve_weight_grad(weight_grad: str) -> str:
-  """The method "auto" stands for on the default backend: "shifted" on CPU, "xla" elsewhere."""
+def resolve_weight_grad(weight_grad: str, kernel_size: Sequence[int] = (3, 3)) -> str:
+  """The method ``weight_grad`` stands for, for a kernel of spatial size ``kernel_size``.
+
+  "auto" is "matmul" for 1x1 kernels on the CPU backend (there XLA's weight gradient of a 1x1
+  convolution was measured 4-10x slower than the one matmul it is) and "xla" otherwise (for 3x3
+  kernels XLA:CPU's gradient was on par with the matmul forms in whole training steps; on GPU and
+  TPU XLA's convolutions are the fast path). The backend is ``jax.default_backend()`` at trace time.
+  """
   _checks.check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
   if weight_grad == "auto":
-    return "shifted" if jax.default_backend() == "cpu" else "xla"
+    on_cpu = jax.default_backend() == "cpu"
+    return "matmul" if on_cpu and tuple(kernel_size) == (1, 1) else "xla"
   return weight_grad
 
 
@@ -122,21 +130,22 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, *,
   Forward and input gradient are XLA's (``lax.conv_general_dilated`` and its autodiff). The
   kernel gradient dL/dW[u, v, c, o] = sum_{b, i, j} x_pad[b, s i + u, s j + v, c] g[b, i, j, o]
   is computed, by ``weight_grad``, as: "xla", XLA's convolution gradient (plain autodiff);
-  "im2col", one matmul of the im2col patch matrix with the output cotangent (Chellapilla et al.
-  2006, "High performance convolutional neural networks for document processing"); "shifted",
-  kh * kw matmuls of shifted views of x with the cotangent (the same sum, without the patch
-  buffer); "auto", "shifted" when ``jax.default_backend()`` is "cpu" at trace time, else "xla".
+  "matmul", kh * kw matmuls of shifted views of x with the cotangent (one matmul, x^T g, for a
+  1x1 kernel); "im2col", one matmul of the im2col patch matrix (B Ho Wo, kh kw cin) with the
+  cotangent (Chellapilla et al. 2006, "High performance convolutional neural networks for
+  document processing"), the same sum with a kh kw times larger buffer; "auto", see
+  ``resolve_weight_grad`` (matmul for 1x1 kernels on CPU, else xla).
 
   Args:
     x: (B, H, W, cin) images.
     kernel: (kh, kw, cin, cout) with odd kh, kw (the layout of ``flax.linen.Conv``).
     strides: the stride s in both spatial directions.
-    weight_grad: "auto" | "xla" | "im2col" | "shifted".
+    weight_grad: "auto" | "xla" | "matmul" | "im2col".
   Returns:
     (B, (H - 1) // s + 1, (W - 1) // s + 1, cout).
   """
   _checks.check_count("strides", strides)
-  method = resolve_weight_grad(weight_grad)
+  _checks.check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
   if x.ndim != 4:
     raise ValueError(f"x must be NHWC images of shape (B, H, W, C), got {x.shape}.")
   if kernel.ndim != 4 or kernel.shape[2] != x.shape[-1] or not (kernel.shape[0] % 2
@@ -145,6 +154,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: int = 1, *,
                      f"{x.shape}, got {kernel.shape}.")
   strides = (strides, strides)
   padding = tuple(((k - 1) // 2, (k - 1) // 2) for k in kernel.shape[:2])
+  method = resolve_weight_grad(weight_grad, kernel.shape[:2])
   if method == "xla":
     return _conv(x, kernel, strides, padding)
   return _conv_matmul_weight_grad(x, kernel, strides, padding, method)
@@ -164,7 +174,7 @@ class Conv2D(nn.Module):
     kernel_init: initialiser of the (kh, kw, cin, cout) kernel (default Glorot uniform).
     bias_init: initialiser of the bias.
     dtype: computation dtype (parameters stay in float32; None: the input's dtype).
-    weight_grad: "auto" | "xla" | "im2col" | "shifted", how dL/dkernel is computed.
+    weight_grad: "auto" | "xla" | "matmul" | "im2col", how dL/dkernel is computed.
   """
 
   features: int

@@ -1,0 +1,524 @@
+"""Training images/second of the image U-Nets: our JAX UNet against the same network in PyTorch.
+
+    python benchmarks/train_throughput.py [--out benchmarks/results/train_throughput.json] [--quick]
+        [--configs digits,shapes16,shapes32,cifar10] [--rounds 5] [--steps 3] [--threads N]
+        [--batch CONFIG=B ...] [--variants xla,shifted,im2col] [--dtype float32|bfloat16]
+
+What is timed: one training step of eps-prediction denoising score matching on the VP SDE
+(Song et al. 2021; t ~ U[1e-5, 1], x_t = alpha(t) x0 + sigma(t) eps, loss = mean over the batch of
+||eps_theta(x_t, 999 t) - eps||^2), Adam (lr 2e-4) and an EMA of the parameters (decay 0.999), on a
+fixed batch of random images (no input pipeline). Ours is the library's own step:
+``train.make_train_step(losses.make_dsm_loss_fn(nets.as_model_fn(UNet(...)), VPSDE()), adam)``,
+jitted with the state donated, driven by a Python loop (the ENVIRONMENT note: a lax.scan over conv
+train steps is much slower on XLA:CPU). The peer is diffusers' ``UNet2DModel`` configured to the
+same architecture (widths, blocks per level, attention resolutions, BigGAN-style resampling
+residual blocks, sqrt(2) skip rescaling, GroupNorm eps), plus four small edits that make it the
+same network as ours (DDPM++ / score_sde's ncsnpp): a 1x1 shortcut convolution in the resampling
+residual blocks, attention only after the last block of a decoder level, ``output_scale_factor``
+sqrt(2) in every block, and GroupNorm groups min(32, C / 4) per layer. Both parameter counts are
+reported; they agree exactly when the mapping is right.
+
+Ours runs in variants of ``Conv2D.weight_grad`` (how the convolution's kernel gradient is computed:
+"xla", XLA's own; "shifted" / "im2col", as matmuls, see diffusion_jax/nets/conv.py), so the JSON
+shows the speed with and without the matmul weight gradient.
+
+Fairness: each side runs in its own worker process (one library's thread pool never competes with
+the other's), both pinned to the same CPUs (``--threads``, default all this process may use),
+torch with ``torch.set_num_threads(threads)``, both with the same glibc malloc settings
+(benchmarks/sampler_speed.py measured torch 3-4x faster with them). The workers take turns: each
+round times ``--steps`` steps of every variant back to back, in an order that rotates from round to
+round, so the slow spells of a shared machine hit all sides alike. Images/s is the batch over the
+median of the per-round best step times; the ratio ours/peer is the median over rounds of each
+round's ratio of best steps (so drift cancels) and is reported next to best-against-best. Warm-up
+(compilation, torch's first steps) is not timed; compile time is reported.
+
+On a GPU (``jax.default_backend() == "gpu"``) only ours runs (the bench extra's torch is the CPU
+wheel), at GPU batch sizes, and the JSON adds model-FLOPs utilisation: the FLOPs of one compiled
+training step from XLA's cost analysis over the step time, against the device's peak in the
+chosen dtype (``--dtype bfloat16`` runs the U-Net's computation in bfloat16, parameters float32).
+
+Without torch / diffusers the script still runs and reports ours alone, saying the peer is missing.
+Writes one JSON file; nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+REPLY = "@@reply "  # prefix of a worker's answer lines on stdout
+# See the module docstring and benchmarks/sampler_speed.py: a fixed 32 MiB mmap threshold and no
+# trimming, for both sides.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+# The networks. digits and shapes16 mirror experiments/configs (digits.py via image_base.py,
+# shapes16.py); shapes32 is the 32x32 shapes network (a fourth level at the same width);
+# cifar10 is DDPM++ (cont.) of Song et al. 2021 (score_sde configs/vp/cifar10_ddpmpp_continuous:
+# nf 128, ch_mult (1, 2, 2, 2), 4 blocks per level, attention at 16, dropout 0.1).
+CONFIGS = {
+    "digits": dict(image=(8, 8, 1), model_channels=64, channel_mult=(1, 2), num_res_blocks=2,
+                   attn_resolutions=(4,), dropout=0.1),
+    "shapes16": dict(image=(16, 16, 3), model_channels=32, channel_mult=(1, 2, 2),
+                     num_res_blocks=2, attn_resolutions=(4,), dropout=0.1),
+    "shapes32": dict(image=(32, 32, 3), model_channels=32, channel_mult=(1, 2, 2, 2),
+                     num_res_blocks=2, attn_resolutions=(8,), dropout=0.1),
+    "cifar10": dict(image=(32, 32, 3), model_channels=128, channel_mult=(1, 2, 2, 2),
+                    num_res_blocks=4, attn_resolutions=(16,), dropout=0.1),
+}
+# Batch sizes: (CPU, --quick CPU, GPU).
+BATCHES = {"digits": (128, 32, 1024), "shapes16": (64, 16, 512), "shapes32": (32, 8, 256),
+           "cifar10": (8, 2, 128)}
+# Peak dense FLOP/s by device kind and dtype, for MFU (vendor data sheets: H100 / H200 SXM 989 TF
+# bf16 and 495 TF TF32 with dense tensor cores; A100 312 / 156).
+PEAK_FLOPS = {"H200": {"bfloat16": 989e12, "float32": 495e12},
+              "H100": {"bfloat16": 989e12, "float32": 495e12},
+              "A100": {"bfloat16": 312e12, "float32": 156e12}}
+LEARNING_RATE, EMA_DECAY, T_MIN, NOISE_SCALE = 2e-4, 0.999, 1e-5, 999.0
+BETA_MIN, BETA_MAX = 0.1, 20.0  # the library's VPSDE defaults
+
+
+def _pin(cpus):
+  os.sched_setaffinity(0, cpus)
+  return sorted(os.sched_getaffinity(0))
+
+
+def _timed(name, step, steps):
+  """Wall and process CPU seconds (all threads) of each of ``steps`` calls of ``step() -> loss``."""
+  walls, cpus = [], []
+  for _ in range(steps):
+    t0, c0 = time.perf_counter(), time.process_time()
+    loss = step()
+    walls.append(time.perf_counter() - t0)
+    cpus.append(time.process_time() - c0)
+  if not math.isfinite(loss):
+    raise RuntimeError(f"{name}: the loss is {loss}")
+  return {"walls": walls, "cpus": cpus, "loss": loss}
+
+
+# --------------------------------------------------------------------------------------------------
+# Ours (JAX).
+
+
+class JaxSide:
+  """Builds and times the library's DSM train step for the UNet, per weight-gradient variant."""
+
+  def __init__(self, opts):
+    import jax
+
+    cache = opts.get("compilation_cache")
+    if cache:
+      jax.config.update("jax_compilation_cache_dir", cache)
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    self.jax = jax
+    self.jobs = {}
+    self.meta = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+                 "device_kind": jax.devices()[0].device_kind}
+
+  def build(self, name, config, batch, variant, dtype):
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    import optax
+
+    from diffusion_jax import losses, sdes, train
+    from diffusion_jax.nets import UNet, as_model_fn, conv, init_params, unet
+
+    h, w, c = config["image"]
+    module = UNet(model_channels=config["model_channels"], channel_mult=config["channel_mult"],
+                  num_res_blocks=config["num_res_blocks"],
+                  attn_resolutions=config["attn_resolutions"], dropout=config["dropout"],
+                  embedding="positional", noise_scale=NOISE_SCALE, skip_rescale=True,
+                  resblock="biggan", dtype=None if dtype == "float32" else getattr(jnp, dtype))
+    x0 = jr.uniform(jr.key(1), (batch, h, w, c), minval=-1.0, maxval=1.0)
+    t0 = time.perf_counter()
+    params = init_params(module, jr.key(0), x0, jnp.full((batch,), 0.5))
+    init_s = time.perf_counter() - t0
+    optimizer = optax.adam(LEARNING_RATE)
+    loss_fn = losses.make_dsm_loss_fn(as_model_fn(module),
+                                      sdes.VPSDE(beta_min=BETA_MIN, beta_max=BETA_MAX), t_min=T_MIN)
+    step = jax.jit(train.make_train_step(loss_fn, optimizer, EMA_DECAY), donate_argnums=0)
+    state = train.TrainState.create(params, optimizer)
+    batch_tree, key = {"x0": x0}, jr.key(2)
+    # Every Conv2D of the U-Net takes this variant's weight_grad while the step is traced.
+    original = unet.Conv2D
+    unet.Conv2D = functools.partial(conv.Conv2D, weight_grad=variant)
+    try:
+      t0 = time.perf_counter()
+      compiled = step.lower(state, batch_tree, key).compile()
+      compile_s = time.perf_counter() - t0
+    finally:
+      unet.Conv2D = original
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0] if cost else {}
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    t0 = time.perf_counter()
+    state, _ = compiled(state, batch_tree, key)
+    jax.block_until_ready(state)
+    first_s = time.perf_counter() - t0
+    self.jobs[name] = dict(step=compiled, state=state, batch=batch_tree, key=key)
+    n = sum(int(p.size) for p in jax.tree.leaves(params))
+    return {"params": n, "init_s": init_s, "compile_s": compile_s, "first_step_s": first_s,
+            "flops_per_step": flops, "resolved_weight_grad": conv.resolve_weight_grad(variant)}
+
+  def time(self, name, steps):
+    job = self.jobs[name]
+
+    def step():
+      job["state"], metrics = job["step"](job["state"], job["batch"], job["key"])
+      self.jax.block_until_ready((job["state"], metrics))
+      return float(metrics["loss"])
+
+    return _timed(name, step, steps)
+
+  def drop(self, name):
+    self.jobs.pop(name, None)
+
+
+# --------------------------------------------------------------------------------------------------
+# The peer (PyTorch + diffusers).
+
+
+def diffusers_unet(config):
+  """diffusers' UNet2DModel set up as our UNet (see the module docstring for the four edits)."""
+  import torch
+  from diffusers import UNet2DModel
+
+  from diffusion_jax.nets.unet import num_groups
+
+  h, _, c = config["image"]
+  widths = [config["model_channels"] * m for m in config["channel_mult"]]
+  attn = [(h >> level) in config["attn_resolutions"] for level in range(len(widths))]
+  model = UNet2DModel(
+      sample_size=h, in_channels=c, out_channels=c, time_embedding_type="positional",
+      flip_sin_to_cos=False, freq_shift=1,  # [sin, cos] with the endpoint frequency, as ours
+      down_block_types=["AttnDownBlock2D" if a else "ResnetDownsampleBlock2D" for a in attn],
+      up_block_types=["AttnUpBlock2D" if a else "ResnetUpsampleBlock2D" for a in reversed(attn)],
+      block_out_channels=widths, layers_per_block=config["num_res_blocks"],
+      mid_block_scale_factor=math.sqrt(2.0), downsample_type="resnet", upsample_type="resnet",
+      dropout=config["dropout"], act_fn="silu", attention_head_dim=None,  # one head, as ours
+      norm_num_groups=32, norm_eps=1e-6)
+  from diffusers.models.attention_processor import Attention
+  from diffusers.models.resnet import ResnetBlock2D
+  from diffusers.models.unets.unet_2d_blocks import AttnUpBlock2D
+
+  for module in model.modules():
+    if isinstance(module, ResnetBlock2D):
+      module.output_scale_factor = math.sqrt(2.0)
+      if (module.up or module.down) and module.conv_shortcut is None:
+        module.use_in_shortcut = True
+        module.conv_shortcut = torch.nn.Conv2d(module.in_channels, module.out_channels, 1)
+    elif isinstance(module, Attention):
+      module.rescale_output_factor = math.sqrt(2.0)
+    elif isinstance(module, AttnUpBlock2D):
+      for i in range(len(module.attentions) - 1):
+        module.attentions[i] = torch.nn.Identity()
+  for module in model.modules():
+    if isinstance(module, torch.nn.GroupNorm):
+      module.num_groups = num_groups(module.num_channels)
+  return model
+
+
+class TorchSide:
+  """The same DSM step in PyTorch, on diffusers' UNet2DModel."""
+
+  def __init__(self, opts):
+    import torch
+
+    torch.set_num_threads(opts["threads"])
+    self.torch = torch
+    self.jobs = {}
+    self.meta = {"torch_threads": torch.get_num_threads(),
+                 "torch_interop_threads": torch.get_num_interop_threads(),
+                 "mkldnn": torch.backends.mkldnn.is_available()}
+
+  def build(self, name, config, batch, variant, dtype):
+    torch = self.torch
+    if dtype != "float32":
+      raise ValueError("the CPU peer runs in float32 only")
+    torch.manual_seed(0)
+    model = diffusers_unet(config)
+    model.train()
+    h, w, c = config["image"]
+    x0 = torch.rand(batch, c, h, w) * 2 - 1
+    opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, foreach=True)
+    params = [p for p in model.parameters()]
+    ema = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(2)
+
+    def step():
+      t = torch.rand(batch, generator=gen) * (1 - T_MIN) + T_MIN
+      log_alpha = -0.25 * t ** 2 * (BETA_MAX - BETA_MIN) - 0.5 * t * BETA_MIN
+      alpha = log_alpha.exp()[:, None, None, None]
+      sigma = (-torch.expm1(2 * log_alpha)).sqrt()[:, None, None, None]
+      noise = torch.randn(x0.shape, generator=gen)
+      pred = model(alpha * x0 + sigma * noise, NOISE_SCALE * t).sample
+      loss = ((pred - noise) ** 2).sum(dim=(1, 2, 3)).mean()
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+      with torch.no_grad():
+        torch._foreach_lerp_(ema, params, 1 - EMA_DECAY)
+      return loss.item()
+
+    t0 = time.perf_counter()
+    step()
+    first_s = time.perf_counter() - t0
+    step()  # a second warm-up step: oneDNN primitive caches, allocator
+    self.jobs[name] = step
+    return {"params": sum(p.numel() for p in params), "first_step_s": first_s}
+
+  def time(self, name, steps):
+    return _timed(name, self.jobs[name], steps)
+
+  def drop(self, name):
+    self.jobs.pop(name, None)
+
+
+def worker_main(side: str, cpus: list[int], opts: dict):
+  """Answer JSON requests on stdin, one per line, with REPLY-prefixed JSON lines on stdout."""
+  _pin(cpus)
+  sys.path.insert(0, ROOT)
+  impl = {"jax": JaxSide, "torch": TorchSide}[side](opts)
+  print(REPLY + json.dumps({"ok": True, "meta": impl.meta}), flush=True)
+  for line in sys.stdin:
+    req = json.loads(line)
+    try:
+      if req["op"] == "quit":
+        break
+      args = {k: v for k, v in req.items() if k != "op"}
+      if "config" in args:
+        args["config"] = {k: tuple(v) if isinstance(v, list) else v for k, v in args["config"].items()}
+      out = getattr(impl, req["op"])(**args)
+      print(REPLY + json.dumps({"ok": True, "result": out}), flush=True)
+    except Exception as e:  # reported to the driver, which decides
+      import traceback
+      print(REPLY + json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}",
+                                "trace": traceback.format_exc()}), flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver.
+
+
+class Worker:
+  def __init__(self, side, cpus, opts):
+    env = {**os.environ, **MALLOC_ENV, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    self.proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--worker", side,
+         "--worker-cpus", ",".join(map(str, cpus)), "--worker-opts", json.dumps(opts)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    self.side = side
+    self.meta = self._read()["meta"]
+
+  def _read(self):
+    for line in self.proc.stdout:
+      if line.startswith(REPLY):
+        reply = json.loads(line[len(REPLY):])
+        if not reply["ok"]:
+          raise RuntimeError(f"{self.side} worker: {reply['error']}\n{reply.get('trace', '')}")
+        return reply
+    raise RuntimeError(f"the {self.side} worker exited (code {self.proc.wait()})")
+
+  def call(self, op, **kw):
+    self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+    self.proc.stdin.flush()
+    return self._read()["result"]
+
+  def close(self):
+    try:
+      self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+      self.proc.stdin.flush()
+    except BrokenPipeError:
+      pass
+    self.proc.wait(timeout=60)
+
+
+def _peer_missing():
+  try:
+    import diffusers  # noqa: F401
+    import torch  # noqa: F401
+  except ImportError as e:
+    return f"{e.name} is not installed (pip install -e '.[bench]'); ours is reported alone"
+  return None
+
+
+def _versions():
+  from importlib import metadata
+  out = {"python": platform.python_version()}
+  for pkg in ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "diffusers"):
+    try:
+      out[pkg] = metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+      out[pkg] = None
+  return out
+
+
+def _machine(cpus):
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  return {"platform": platform.platform(), "cpu": cpu, "os_cpu_count": os.cpu_count(),
+          "cpus_used": cpus, "load_average_at_start": os.getloadavg()}
+
+
+def _summary(times_by_round, batch):
+  """Per-round best step times (wall and CPU) -> seconds per step and images/s over rounds."""
+  out = {}
+  for clock in ("wall", "cpu"):
+    bests = [min(t[clock + "s"]) for t in times_by_round]
+    out[clock] = {"best_step_s_per_round": bests, "median_step_s": statistics.median(bests),
+                  "images_per_s": batch / statistics.median(bests),
+                  "images_per_s_best": batch / min(bests)}
+  return out
+
+
+def _ratios(ours_by_round, peer_by_round):
+  """Ours/peer speed: the median over rounds of each round's ratio of best steps, and best/best."""
+  out = {}
+  for clock in ("wall", "cpu"):
+    ours = [min(t[clock + "s"]) for t in ours_by_round]
+    peer = [min(t[clock + "s"]) for t in peer_by_round]
+    out[clock] = {"median": statistics.median(p / o for p, o in zip(peer, ours)),
+                  "best": min(peer) / min(ours)}
+  return out
+
+
+def _peak(kind: str, dtype: str):
+  for name, peaks in PEAK_FLOPS.items():
+    if name.lower() in kind.lower():
+      return peaks.get(dtype)
+  return None
+
+
+def run(args, on_config=None):
+  cpus = sorted(os.sched_getaffinity(0))[:args.threads] if args.threads else sorted(os.sched_getaffinity(0))
+  opts = {"threads": len(cpus), "compilation_cache": args.compilation_cache}
+  ours = Worker("jax", cpus, opts)
+  gpu = ours.meta["backend"] == "gpu"
+  missing = "ours runs on a GPU; the CPU peer is not compared" if gpu else _peer_missing()
+  peer = None if missing else Worker("torch", cpus, opts)
+  variants = args.variants.split(",") if args.variants else (["auto"] if gpu else ["xla", "shifted", "im2col"])
+  overrides = dict(kv.split("=") for kv in args.batch)
+  result = {"machine": _machine(cpus), "versions": _versions(), "threads": len(cpus),
+            "jax": ours.meta, "torch": peer.meta if peer else None, "peer_missing": missing,
+            "dtype": args.dtype, "rounds": args.rounds, "steps_per_round": args.steps,
+            "train_step": {"loss": "eps-prediction DSM MSE, VP SDE", "optimizer": f"adam lr {LEARNING_RATE}",
+                           "ema_decay": EMA_DECAY, "t_min": T_MIN, "noise_scale": NOISE_SCALE},
+            "configs": {}}
+  print(f"threads {len(cpus)} (cpus {cpus}); jax backend {ours.meta['backend']}; "
+        f"peer: {'diffusers' if peer else missing}", flush=True)
+  try:
+    for name in args.configs.split(","):
+      config = CONFIGS[name]
+      batch = int(overrides.get(name, BATCHES[name][2 if gpu else 1 if args.quick else 0]))
+      entry = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+               "batch": batch, "jax": {}, "torch": None}
+      jobs = []
+      for v in variants:
+        key = f"{name}/{v}"
+        info = ours.call("build", name=key, config=config, batch=batch, variant=v, dtype=args.dtype)
+        entry["jax"][v] = info
+        jobs.append((ours, key, entry["jax"][v]))
+        print(f"{name} batch {batch}: ours[{v}] {info['params']:,} params, compile "
+              f"{info['compile_s']:.1f} s", flush=True)
+      if peer:
+        info = peer.call("build", name=f"{name}/torch", config=config, batch=batch, variant="", dtype=args.dtype)
+        entry["torch"] = info
+        jobs.append((peer, f"{name}/torch", info))
+        print(f"{name}: diffusers {info['params']:,} params", flush=True)
+      times = {key: [] for _, key, _ in jobs}
+      for r in range(args.rounds):
+        order = jobs[r % len(jobs):] + jobs[:r % len(jobs)]
+        for worker, key, _ in order:
+          times[key].append(worker.call("time", name=key, steps=args.steps))
+      for worker, key, info in jobs:
+        info.update(_summary(times[key], batch))
+        info["losses"] = [t["loss"] for t in times[key]]
+        worker.call("drop", name=key)
+      if peer:
+        entry["param_count_relative_difference"] = (
+            entry["jax"][variants[0]]["params"] / entry["torch"]["params"] - 1)
+        for v in variants:
+          entry["jax"][v]["speed_vs_torch"] = _ratios(times[f"{name}/{v}"], times[f"{name}/torch"])
+      if gpu:
+        peak = _peak(ours.meta["device_kind"], args.dtype)
+        for v in variants:
+          info = entry["jax"][v]
+          achieved = info["flops_per_step"] / info["wall"]["median_step_s"]
+          info["achieved_flops_per_s"] = achieved
+          info["peak_flops_per_s"] = peak
+          info["mfu"] = achieved / peak if peak else None
+      result["configs"][name] = entry
+      line = ", ".join(
+          f"{v} {entry['jax'][v]['wall']['images_per_s']:.1f} img/s"
+          + (" ({wall[median]:.2f}x torch wall, {cpu[median]:.2f}x cpu)".format(
+              **entry["jax"][v]["speed_vs_torch"]) if peer else "")
+          + (f" MFU {entry['jax'][v]['mfu']:.1%}" if gpu and entry["jax"][v]["mfu"] else "")
+          for v in variants)
+      if peer:
+        line += f"; torch {entry['torch']['wall']['images_per_s']:.1f} img/s"
+      print(f"{name}: {line}", flush=True)
+      if on_config is not None:
+        on_config(result)
+  finally:
+    ours.close()
+    if peer:
+      peer.close()
+  result["machine"]["load_average_at_end"] = os.getloadavg()
+  return result
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--out", default=os.path.join(HERE, "results", "train_throughput.json"))
+  parser.add_argument("--configs", default="digits,shapes16,shapes32,cifar10")
+  parser.add_argument("--quick", action="store_true", help="CPU-sized: small batches, 2 rounds")
+  parser.add_argument("--rounds", type=int, default=None)
+  parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
+  parser.add_argument("--threads", type=int, default=0, help="CPUs for each side (0: all allowed)")
+  parser.add_argument("--batch", action="append", default=[], help="CONFIG=B, overrides a batch size")
+  parser.add_argument("--variants", default="", help="weight_grad variants of ours (default: "
+                      "xla,shifted,im2col on CPU, auto on GPU)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--compilation-cache", default=os.path.join(
+      tempfile.gettempdir(), "diffusion_jax_train_throughput_xla_cache"),
+      help="JAX persistent compilation cache ('' for none); compile_s is a cache hit when warm")
+  parser.add_argument("--worker", help=argparse.SUPPRESS)
+  parser.add_argument("--worker-cpus", help=argparse.SUPPRESS)
+  parser.add_argument("--worker-opts", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.worker:
+    worker_main(args.worker, [int(c) for c in args.worker_cpus.split(",")], json.loads(args.worker_opts))
+    return
+  if args.rounds is None:
+    args.rounds = 2 if args.quick else 5
+  command = " ".join(sys.argv)
+
+  def write(result):  # after every configuration, so a long run that is cut short keeps its part
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump({"command": command, **result}, f, indent=1)
+
+  write(run(args, on_config=write))
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
