@@ -133,9 +133,11 @@ def test_ddpm_elbo_on_discrete_data_bounds_the_entropy():
   DDPM bound in bits/dim lies above the entropy, and close to it."""
   probs = np.array([0.1, 0.2, 0.3, 0.4])
   grid = np.array(list(itertools.product(range(4), repeat=2)))
-  mixture = analytic.GaussianMixture.create(np.prod(probs[grid], axis=1), -1 + 2 * grid / 3, 1e-8)
-  dataset = data.ToyDataset(lambda key: -1 + 2 * jr.choice(key, 4, (2,), p=jnp.asarray(probs)) / 3,
-                            2)
+  # Level k at the centre of its cell, -1 + 2 (k + 1/2) / 4 (likelihood.level_centres).
+  mixture = analytic.GaussianMixture.create(np.prod(probs[grid], axis=1), -1 + (2 * grid + 1) / 4,
+                                            1e-8)
+  dataset = data.ToyDataset(
+      lambda key: -1 + (2 * jr.choice(key, 4, (2,), p=jnp.asarray(probs)) + 1) / 4, 2)
   sde = sdes.VPSDE()
   config = _config(estimator="ddpm_elbo", num_levels=4, data_range=(-1.0, 1.0), elbo_steps=1000,
                    num_samples=128, batch_size=128)
