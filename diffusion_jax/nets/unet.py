@@ -325,10 +325,10 @@ class UNet(nn.Module):
 
   def _embed(self, t: jax.Array, cond, dtype) -> jax.Array:
     features = self.model_channels * self.channel_mult_noise
-    e = noise_embedding(self.noise_scale * t, embedding=self.embedding, features=features,
-                        fourier_scale=self.fourier_scale)
     c = embed_condition(cond, num_classes=self.num_classes, cond_dim=self.cond_dim,
                         batch=t.shape[0], features=features, dtype=self.dtype)
+    e = noise_embedding(self.noise_scale * t, embedding=self.embedding, features=features,
+                        fourier_scale=self.fourier_scale)
     if c is not None:
       e = e + c
     width = self.model_channels * self.channel_mult_emb
