@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from diffusion_jax import nets, sdes
-from diffusion_jax.nets import init as inits
 from diffusion_jax.nets import unet as unet_lib
 from diffusion_jax.parameterization import EDMPrecond, NetworkScore, Prediction, edm_coefficients
 
@@ -26,11 +25,11 @@ B = 4
 
 
 def _perturbed(params, seed=0, scale=0.1):
-  """The params plus N(0, scale^2) noise (drawn with NumPy: no compile), so that the zero-initialised
-  output layers do not make every output ~1e-5 and every comparison vacuous."""
+  """The params plus N(0, scale^2) noise (drawn with NumPy: no compile), so that the
+  zero-initialised output layers do not make every output ~1e-5 and every comparison vacuous."""
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda p: np.asarray(p) + scale * rng.standard_normal(p.shape).astype(np.float32),
-                      params)
+  noise = lambda p: scale * rng.standard_normal(p.shape).astype(np.float32)  # noqa: E731
+  return jax.tree.map(lambda p: np.asarray(p) + noise(p), params)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +204,8 @@ def test_positional_embedding_matches_ddpm_formula():
   emb = unet_lib.positional_embedding(t, 8)
   for k in range(4):  # w_k = 10000^(-k / (K - 1)) with K = 4 (score_sde / EDM, endpoint=True)
     w = 10_000.0 ** (-k / 3)
-    np.testing.assert_allclose(emb[:, k], np.sin(np.asarray(t) * w), atol=2e-4)  # float32, |arg| <= 999
+    # float32 sin / cos of arguments up to 999.
+    np.testing.assert_allclose(emb[:, k], np.sin(np.asarray(t) * w), atol=2e-4)
     np.testing.assert_allclose(emb[:, 4 + k], np.cos(np.asarray(t) * w), atol=2e-4)
 
 
@@ -228,14 +228,16 @@ def test_resampling_against_loops_and_adjointness(taps):
   x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
   y = np.random.default_rng(1).standard_normal((2, 4, 4, 3)).astype(np.float32)
   down = np.asarray(unet_lib.downsample(jnp.asarray(x), taps))
-  np.testing.assert_allclose(down, _downsample_reference(x, taps), rtol=1e-5, atol=1e-6)  # float32 sums of <= 16 terms
+  # float32 sums of <= 16 terms.
+  np.testing.assert_allclose(down, _downsample_reference(x, taps), rtol=1e-5, atol=1e-6)
   up = np.asarray(unet_lib.upsample(jnp.asarray(y), taps))
   assert up.shape == (2, 8, 8, 3)
   # upsample is 4 x the transpose of downsample: <up(y), x> = 4 <y, down(x)>.
   np.testing.assert_allclose(np.vdot(up, x), 4 * np.vdot(y, down), rtol=1e-4)  # float32 dots of 384
   if taps == (1, 1):
     # float32 means of 4 terms, summed in another order.
-    np.testing.assert_allclose(down, x.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4)), rtol=1e-5, atol=1e-7)
+    box = x.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(down, box, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(up, np.repeat(np.repeat(y, 2, axis=1), 2, axis=2))
 
 
@@ -243,7 +245,10 @@ def test_init_params_draws_the_named_distributions_on_the_host():
   module = nets.UNet(model_channels=32, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(),
                      num_classes=2)
   x, t, y = jnp.zeros((3, 8, 8, 2)), jnp.ones((3,)), jnp.zeros((3,), jnp.int32)
-  params = nets.init_params(module, jr.key(0), x, t, y)
+  # strict: every parameter of the U-Net and of the NCSN is drawn by NumPy (no fallback).
+  params = nets.init_params(module, jr.key(0), x, t, y, strict=True)
+  nets.init_params(nets.NCSN(features=8, channel_mult=(1,), num_res_blocks=1, embed_dim=8),
+                   jr.key(0), x, t, strict=True)
   # The same tree as flax's own init (traced only), and independent of the example batch size.
   reference = jax.eval_shape(lambda: module.init(jr.key(0), x[:1], t[:1], y[:1]))
   assert jax.tree.structure(params) == jax.tree.structure(reference)
@@ -276,6 +281,8 @@ def test_init_params_falls_back_to_eager_init_for_other_initialisers():
   params = nets.init_params(Tiny(), jr.key(0), jnp.ones((2, 3)), jnp.ones((2,)))
   expected = Tiny().init(jr.key(0), jnp.ones((1, 3)), jnp.ones((1,)))
   jax.tree.map(np.testing.assert_array_equal, params, expected)
+  with pytest.raises(ValueError, match="not HostInit"):
+    nets.init_params(Tiny(), jr.key(0), jnp.ones((2, 3)), jnp.ones((2,)), strict=True)
   with pytest.raises(ValueError, match="t must be a scalar or have shape"):
     nets.init_params(Tiny(), jr.key(0), jnp.ones((2, 3)), jnp.ones((3,)))
 
@@ -365,7 +372,7 @@ def test_deep_configurations_add_four_blocks_per_level():
 
 
 def test_edm_preconditioning_wraps_the_unet(labelled):
-  """D(x; s) = c_skip x~ + c_out F(c_in x~; c_noise) with x~ = x / alpha (Karras et al. 2022, eq. 7):
+  """D(x; s) = c_skip x~ + c_out F(c_in x~; c_noise), x~ = x / alpha (Karras et al. 2022, eq. 7):
   the wrapper around the U-Net against the formula assembled from the raw network by hand."""
   module, params, x, t, apply = labelled
   sde = sdes.VESDE(sigma_min=0.01, sigma_max=50.0)
@@ -401,7 +408,8 @@ def test_cond_instance_norm_pp_matches_its_formula():
   x = rng.standard_normal((2, 4, 4, 3)).astype(np.float32) * 2.0 + 1.0
   emb = rng.standard_normal((2, 5)).astype(np.float32)
   norm = nets.CondInstanceNormPP()
-  variables = _perturbed(nets.init_params(_NormAdapter(), jr.key(0), x, jnp.ones((2,)), emb), scale=0.5)
+  variables = _perturbed(nets.init_params(_NormAdapter(), jr.key(0), x, jnp.ones((2,)), emb),
+                         scale=0.5)
   out = np.asarray(jax.jit(_NormAdapter().apply)(variables, x, jnp.ones((2,)), emb))
   w = variables["params"]["norm"]["modulation"]
   mod = emb @ np.asarray(w["kernel"]) + np.asarray(w["bias"])  # (2, 9)

@@ -91,7 +91,8 @@ def upsample(x: jax.Array, taps: Sequence[float] = (1, 1)) -> jax.Array:
   ``downsample``, times 4); taps (1, 1) is nearest-neighbour upsampling."""
   b, h, w, c = x.shape
   if tuple(taps) == (1, 1):
-    return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape(b, 2 * h, 2 * w, c)
   f = 4.0 * _filter_2d(taps)
   k = f.shape[0]
   pad = k - 1 - (k - 1) // 2
