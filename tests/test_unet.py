@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from diffusion_jax import nets, sdes
-from diffusion_jax.nets import init as inits
 from diffusion_jax.nets import unet as unet_lib
 from diffusion_jax.parameterization import EDMPrecond, NetworkScore, Prediction, edm_coefficients
 
@@ -26,17 +25,19 @@ B = 4
 
 
 def _perturbed(params, seed=0, scale=0.1):
-  """The params plus N(0, scale^2) noise (drawn with NumPy: no compile), so that the zero-initialised
-  output layers do not make every output ~1e-5 and every comparison vacuous."""
+  """The params plus N(0, scale^2) noise (drawn with NumPy: no compile), so that the
+  zero-initialised output layers do not make every output ~1e-5 and every comparison vacuous."""
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda p: np.asarray(p) + scale * rng.standard_normal(p.shape).astype(np.float32),
-                      params)
+  noise = lambda p: scale * rng.standard_normal(p.shape).astype(np.float32)  # noqa: E731
+  return jax.tree.map(lambda p: np.asarray(p) + noise(p), params)
 
 
 @pytest.fixture(scope="module")
 def labelled():
-  """A tiny labelled U-Net on 8x8x1 (widths 8/16, attention at 4x4), its params and a jitted apply."""
-  module = nets.UNet(model_channels=8, channel_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+  """A tiny labelled U-Net on 8x8x1 (one level of width 8 with attention: stem, a block, the middle
+  pair and two decoder blocks; the two-level paths run in ``ncsnpp_16``), its params and a jitted
+  apply."""
+  module = nets.UNet(model_channels=8, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(8,),
                      dropout=0.3, num_classes=K, noise_scale=10.0)
   x = jr.normal(jr.key(1), (B, 8, 8, 1))
   t = jnp.array([0.1, 0.4, 0.7, 1.0])
@@ -53,26 +54,28 @@ def test_output_has_input_shape_and_is_finite(labelled):
 
 
 def test_vmap_of_network_score_equals_batched_apply(labelled):
-  """The batch-boundary contract: per-example score_fn (a unit batch axis in and out) under vmap
-  equals the batched network, with labels and with cond=None (= the null label K)."""
+  """The batch-boundary contract: the per-example score_fn (a unit batch axis in and out) under vmap
+  equals the batched network, each example carrying its own label."""
   module, params, x, t, apply = labelled
   sde = sdes.VPSDE()
   labels = jnp.array([2, 0, K, 1])
   score = NetworkScore(nets.as_model_fn(module), params, sde, Prediction.EPS)
-
-  @jax.jit
-  def per_example(x, t, labels):
-    with_labels = jax.vmap(lambda x, t, y: score.replace(cond=y)(x, t))(x, t, labels)
-    unconditional = jax.vmap(score.raw)(x, t)
-    return with_labels, unconditional
-
-  with_labels, unconditional = per_example(x, t, labels)
-  batched = apply(params, x, t, labels)
+  per_example = jax.jit(jax.vmap(lambda x, t, y: score.replace(cond=y)(x, t)))(x, t, labels)
   sigma = sde.sigma(t)[:, None, None, None]
   # Same network on the same rows; float32 summation order differs between batch sizes.
-  np.testing.assert_allclose(with_labels, -batched / sigma, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(unconditional, apply(params, x, t, jnp.full((B,), K)), rtol=1e-4,
+  np.testing.assert_allclose(per_example, -apply(params, x, t, labels) / sigma, rtol=1e-4,
                              atol=1e-5)
+
+
+def test_no_condition_is_the_null_label(labelled):
+  # cond=None traces to the very program of cond = K everywhere (compared, not compiled again).
+  module, params, x, t, apply = labelled
+
+  def jaxpr(make_cond):
+    return str(jax.make_jaxpr(lambda p: module.apply(p, x, t, make_cond()))(params))
+
+  assert jaxpr(lambda: None) == jaxpr(lambda: jnp.full((B,), K, jnp.int32))
+  assert jaxpr(lambda: None) != jaxpr(lambda: jnp.full((B,), 0, jnp.int32))
 
 
 def test_examples_do_not_mix(labelled):
@@ -88,7 +91,7 @@ def test_examples_do_not_mix(labelled):
 
 def test_labels_change_the_output_and_are_checked(labelled):
   module, params, x, t, apply = labelled
-  outs = [apply(params, x, t, jnp.full((B,), k)) for k in range(K + 1)]
+  outs = [apply(params, x, t, jnp.full((B,), k, jnp.int32)) for k in range(K + 1)]  # no recompile
   for a in range(K + 1):
     for b in range(a):
       assert not np.allclose(outs[a], outs[b], atol=1e-3)
@@ -109,14 +112,14 @@ def test_dropout_only_with_train_and_a_key(labelled):
   np.testing.assert_array_equal(a, train(jr.key(1)))  # the key decides the mask
 
   # Without a key (train=True) and with a key but train=False the network traces to the very same
-  # computation as evaluation: compare the programs instead of compiling them again.
+  # computation as evaluation: compare the programs instead of compiling them again (with a key
+  # and train=True the outputs above already differ).
   def jaxpr(**kw):
     return str(jax.make_jaxpr(lambda p: model_fn(p, x, t, labels, **kw))(params))
 
   reference = jaxpr()
   assert jaxpr(key=None, train=True) == reference
   assert jaxpr(key=jr.key(1), train=False) == reference
-  assert jaxpr(key=jr.key(1), train=True) != reference
 
 
 _NCSNPP = dict(embedding="fourier", encoder="skip", decoder="skip", resample_filter=(1, 3, 3, 1),
@@ -126,17 +129,17 @@ _DDPM_RESIDUAL = dict(encoder="residual", resblock="ddpm", cond_dim=5, skip_resc
 
 
 @pytest.mark.parametrize("size,channels,variant", [
-    (8, 1, {}), (16, 3, {}), (8, 3, _NCSNPP), (16, 1, _NCSNPP), (16, 3, _DDPM_RESIDUAL)])
+    (8, 1, {}), (16, 3, _NCSNPP), (8, 3, _DDPM_RESIDUAL), (16, 1, _DDPM_RESIDUAL)])
 def test_output_shapes_across_sizes_channels_and_variants(size, channels, variant):
-  module = nets.UNet(model_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+  module = nets.UNet(model_channels=8, channel_mult=(1, 2), num_res_blocks=1,
                      attn_resolutions=(size // 2,), **variant)
   cond = jnp.zeros((2, 5)) if variant.get("cond_dim") else None
   x, t = jnp.zeros((2, size, size, channels)), jnp.ones((2,))
-  out = jax.eval_shape(lambda: module.apply(module.init(jr.key(0), x, t, cond), x, t, cond))
+  out, _ = jax.eval_shape(lambda: module.init_with_output(jr.key(0), x, t, cond))  # traced once
   assert out.shape == x.shape
   if size == 8 and channels == 1:
     wide = module.clone(out_channels=3)
-    out = jax.eval_shape(lambda: wide.apply(wide.init(jr.key(0), x, t, cond), x, t, cond))
+    out, _ = jax.eval_shape(lambda: wide.init_with_output(jr.key(0), x, t, cond))
     assert out.shape == (2, 8, 8, 3)
 
 
@@ -201,7 +204,8 @@ def test_positional_embedding_matches_ddpm_formula():
   emb = unet_lib.positional_embedding(t, 8)
   for k in range(4):  # w_k = 10000^(-k / (K - 1)) with K = 4 (score_sde / EDM, endpoint=True)
     w = 10_000.0 ** (-k / 3)
-    np.testing.assert_allclose(emb[:, k], np.sin(np.asarray(t) * w), atol=2e-4)  # float32, |arg| <= 999
+    # float32 sin / cos of arguments up to 999.
+    np.testing.assert_allclose(emb[:, k], np.sin(np.asarray(t) * w), atol=2e-4)
     np.testing.assert_allclose(emb[:, 4 + k], np.cos(np.asarray(t) * w), atol=2e-4)
 
 
@@ -224,14 +228,16 @@ def test_resampling_against_loops_and_adjointness(taps):
   x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype(np.float32)
   y = np.random.default_rng(1).standard_normal((2, 4, 4, 3)).astype(np.float32)
   down = np.asarray(unet_lib.downsample(jnp.asarray(x), taps))
-  np.testing.assert_allclose(down, _downsample_reference(x, taps), rtol=1e-5, atol=1e-6)  # float32 sums of <= 16 terms
+  # float32 sums of <= 16 terms.
+  np.testing.assert_allclose(down, _downsample_reference(x, taps), rtol=1e-5, atol=1e-6)
   up = np.asarray(unet_lib.upsample(jnp.asarray(y), taps))
   assert up.shape == (2, 8, 8, 3)
   # upsample is 4 x the transpose of downsample: <up(y), x> = 4 <y, down(x)>.
   np.testing.assert_allclose(np.vdot(up, x), 4 * np.vdot(y, down), rtol=1e-4)  # float32 dots of 384
   if taps == (1, 1):
     # float32 means of 4 terms, summed in another order.
-    np.testing.assert_allclose(down, x.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4)), rtol=1e-5, atol=1e-7)
+    box = x.reshape(2, 4, 2, 4, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(down, box, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(up, np.repeat(np.repeat(y, 2, axis=1), 2, axis=2))
 
 
@@ -239,7 +245,10 @@ def test_init_params_draws_the_named_distributions_on_the_host():
   module = nets.UNet(model_channels=32, channel_mult=(1,), num_res_blocks=1, attn_resolutions=(),
                      num_classes=2)
   x, t, y = jnp.zeros((3, 8, 8, 2)), jnp.ones((3,)), jnp.zeros((3,), jnp.int32)
-  params = nets.init_params(module, jr.key(0), x, t, y)
+  # strict: every parameter of the U-Net and of the NCSN is drawn by NumPy (no fallback).
+  params = nets.init_params(module, jr.key(0), x, t, y, strict=True)
+  nets.init_params(nets.NCSN(features=8, channel_mult=(1,), num_res_blocks=1, embed_dim=8),
+                   jr.key(0), x, t, strict=True)
   # The same tree as flax's own init (traced only), and independent of the example batch size.
   reference = jax.eval_shape(lambda: module.init(jr.key(0), x[:1], t[:1], y[:1]))
   assert jax.tree.structure(params) == jax.tree.structure(reference)
@@ -272,6 +281,8 @@ def test_init_params_falls_back_to_eager_init_for_other_initialisers():
   params = nets.init_params(Tiny(), jr.key(0), jnp.ones((2, 3)), jnp.ones((2,)))
   expected = Tiny().init(jr.key(0), jnp.ones((1, 3)), jnp.ones((1,)))
   jax.tree.map(np.testing.assert_array_equal, params, expected)
+  with pytest.raises(ValueError, match="not HostInit"):
+    nets.init_params(Tiny(), jr.key(0), jnp.ones((2, 3)), jnp.ones((2,)), strict=True)
   with pytest.raises(ValueError, match="t must be a scalar or have shape"):
     nets.init_params(Tiny(), jr.key(0), jnp.ones((2, 3)), jnp.ones((3,)))
 
@@ -361,13 +372,19 @@ def test_deep_configurations_add_four_blocks_per_level():
 
 
 def test_edm_preconditioning_wraps_the_unet(labelled):
-  """D(x; s) = c_skip x~ + c_out F(c_in x~; c_noise) with x~ = x / alpha (Karras et al. 2022, eq. 7):
+  """D(x; s) = c_skip x~ + c_out F(c_in x~; c_noise), x~ = x / alpha (Karras et al. 2022, eq. 7):
   the wrapper around the U-Net against the formula assembled from the raw network by hand."""
   module, params, x, t, apply = labelled
   sde = sdes.VESDE(sigma_min=0.01, sigma_max=50.0)
   labels = jnp.array([0, 1, 2, K])
-  precond = EDMPrecond(nets.as_model_fn(module), sde, sigma_data=0.5)
-  denoise = jax.jit(lambda p, x, t: precond(p, x, t, labels))
+  # The raw network is the fixture's compiled apply (the module's model_fn, already compiled): the
+  # wrapper's arithmetic runs outside jit and nothing compiles again.
+  precond = EDMPrecond(lambda p, x, t, c, key=None, train=False: apply(p, x, t, c), sde,
+                       sigma_data=0.5)
+
+  def denoise(p, x, t):
+    return precond(p, x, t, labels)
+
   x_t = 3.0 * x
   out = denoise(params, x_t, t)
   assert out.shape == x.shape and np.all(np.isfinite(out))
@@ -391,8 +408,9 @@ def test_cond_instance_norm_pp_matches_its_formula():
   x = rng.standard_normal((2, 4, 4, 3)).astype(np.float32) * 2.0 + 1.0
   emb = rng.standard_normal((2, 5)).astype(np.float32)
   norm = nets.CondInstanceNormPP()
-  variables = _perturbed(nets.init_params(_NormAdapter(), jr.key(0), x, jnp.ones((2,)), emb), scale=0.5)
-  out = np.asarray(_NormAdapter().apply(variables, x, jnp.ones((2,)), emb))
+  variables = _perturbed(nets.init_params(_NormAdapter(), jr.key(0), x, jnp.ones((2,)), emb),
+                         scale=0.5)
+  out = np.asarray(jax.jit(_NormAdapter().apply)(variables, x, jnp.ones((2,)), emb))
   w = variables["params"]["norm"]["modulation"]
   mod = emb @ np.asarray(w["kernel"]) + np.asarray(w["bias"])  # (2, 9)
   gamma, beta, alpha = 1 + mod[:, :3], mod[:, 3:6], 1 + mod[:, 6:]
@@ -412,26 +430,21 @@ class _NormAdapter(nn.Module):
     return nets.CondInstanceNormPP(name="norm")(x, cond)
 
 
-def test_ncsn_contract_batch_boundary_and_noise_conditioning():
+def test_ncsn_batch_boundary_and_noise_conditioning():
   module = nets.NCSN(features=8, channel_mult=(1, 2), num_res_blocks=1, embed_dim=16,
                      fourier_scale=1.0)
   x = jr.normal(jr.key(5), (B, 8, 8, 1))
   log_sigma = jnp.log(jnp.array([0.01, 0.1, 1.0, 10.0]))
   params = _perturbed(nets.init_params(module, jr.key(0), x, log_sigma))
-  score = NetworkScore(nets.as_model_fn(module), params, sdes.VESDE(), Prediction.EPS)
-
-  @jax.jit
-  def run(params, x, t):
-    return module.apply(params, x, t), jax.vmap(score.replace(params=params).raw)(x, t)
-
-  batched, per_example = run(params, x, log_sigma)
+  run = jax.jit(module.apply)
+  batched = run(params, x, log_sigma)
   assert batched.shape == x.shape and np.all(np.isfinite(batched))
-  np.testing.assert_allclose(per_example, batched, rtol=1e-4, atol=1e-5)  # float32 reassociation
-  # Instance statistics are per example: changing example 0 leaves the others unchanged.
-  changed, _ = run(params, x.at[0].set(3.0 * x[0] - 1.0), log_sigma)
+  # Instance statistics are per example: changing example 0 leaves the others unchanged (float32
+  # reassociation aside), so vmap over examples and the batched call agree (the model_fn adapter
+  # is the U-Net's, tested above).
+  changed = run(params, x.at[0].set(3.0 * x[0] - 1.0), log_sigma)
   np.testing.assert_allclose(changed[1:], batched[1:], rtol=1e-6, atol=1e-6)
   # The same images at other noise levels give other outputs (the level enters every CIN++).
-  swapped, _ = run(params, x, log_sigma[::-1])
-  assert not np.allclose(swapped, batched, atol=1e-3)
+  assert not np.allclose(run(params, x, log_sigma[::-1]), batched, atol=1e-3)
   with pytest.raises(ValueError, match=r"t must have shape \(4,\)"):
     module.apply(params, x, log_sigma[:2])

@@ -192,7 +192,8 @@ class Conv2D(nn.Module):
     _checks.check_count("kernel_size", self.kernel_size)
     _checks.check_count("strides", self.strides)
     if self.kernel_size % 2 == 0:
-      raise ValueError(f"kernel_size must be odd (symmetric 'SAME' padding), got {self.kernel_size}.")
+      raise ValueError(f"kernel_size must be odd (symmetric 'SAME' padding), got "
+                       f"{self.kernel_size}.")
     if x.ndim != 4:
       raise ValueError(f"x must be NHWC images of shape (B, H, W, C), got {x.shape}.")
     k = self.kernel_size

@@ -147,7 +147,8 @@ def _first(leaf):
   return jnp.asarray(leaf)[:1]
 
 
-def init_params(module: nn.Module, key: jax.Array, x: jax.Array, t: jax.Array, cond: Any = None):
+def init_params(module: nn.Module, key: jax.Array, x: jax.Array, t: jax.Array, cond: Any = None, *,
+                strict: bool = False):
   """{"params": theta}: the variables of ``module.init({"params": key, "dropout": key}, x[:1],
   t[:1], cond[:1])`` for ``module.apply``, without compiling anything.
 
@@ -156,7 +157,8 @@ def init_params(module: nn.Module, key: jax.Array, x: jax.Array, t: jax.Array, c
   the parameter's path (the same key gives the same parameters; any batch size of the example
   inputs gives the same parameters). A module with other initialisers falls back to an eager
   (op by op, unjitted) ``module.init``. ``x`` (B, ...) and ``t`` (B,) or a scalar are example
-  inputs; ``cond`` is None or a pytree of (B, ...) leaves.
+  inputs; ``cond`` is None or a pytree of (B, ...) leaves. ``strict=True`` makes the fallback an
+  error (for networks that must initialise without compiling).
   """
   if not isinstance(module, nn.Module):
     raise TypeError(f"module must be a flax.linen Module instance, got {module!r}.")
@@ -189,4 +191,8 @@ def init_params(module: nn.Module, key: jax.Array, x: jax.Array, t: jax.Array, c
     params = _host_params(shapes["params"], order, records, key)
     if params is not None:
       return {"params": params}
+  if strict:
+    raise ValueError(f"init_params(strict=True): some parameters of {type(module).__name__} have "
+                     "initialisers that are not HostInit (diffusion_jax.nets.init), so they cannot "
+                     "be drawn on the host.")
   return {"params": module.init(rngs, x[:1], t[:1], cond)["params"]}

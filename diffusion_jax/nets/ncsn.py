@@ -29,7 +29,8 @@ from diffusion_jax.nets.conv import Conv2D
 
 class CondInstanceNormPP(nn.Module):
   """z = gamma (x - mu) / s + beta + alpha (mu - m) / v per example and channel, with
-  (gamma, beta, alpha) = (1, 0, 1) + W e from the conditioning vector e (Song & Ermon 2019, App. A)."""
+  (gamma, beta, alpha) = (1, 0, 1) + W e from the conditioning vector e (Song & Ermon 2019,
+  App. A)."""
 
   epsilon: float = 1e-5
 
@@ -70,7 +71,8 @@ class NCSN(nn.Module):
 
   ``__call__(x, t, cond=None, *, train=False)`` as every network here: x (B, H, W, C) with H, W
   divisible by 2^(len(channel_mult) - 1), t (B,) the noise input (log sigma for NCSN), cond None |
-  labels (B,) in 0..num_classes | float (B, cond_dim). No dropout (``train`` is accepted and ignored).
+  labels (B,) in 0..num_classes | float (B, cond_dim). No dropout (``train`` is accepted and
+  ignored).
 
   Attributes:
     features: base width; level l has features * channel_mult[l] channels.
@@ -148,7 +150,8 @@ class NCSN(nn.Module):
     for level in reversed(range(len(self.channel_mult) - 1)):
       h = jnp.concatenate([unet_lib.upsample(h), skips.pop()], axis=-1)
       for i in range(self.num_res_blocks):
-        h = CondResBlock(self.features * self.channel_mult[level], name=f"dec{level}_block{i}")(h, e)
+        block = CondResBlock(self.features * self.channel_mult[level], name=f"dec{level}_block{i}")
+        h = block(h, e)
     h = nn.elu(CondInstanceNormPP(name="out_norm")(h, e))
     out_channels = channels if self.out_channels is None else self.out_channels
     return Conv2D(out_channels, 3, kernel_init=inits.variance_scaling(1e-10), name="out")(h)

@@ -91,7 +91,8 @@ def upsample(x: jax.Array, taps: Sequence[float] = (1, 1)) -> jax.Array:
   ``downsample``, times 4); taps (1, 1) is nearest-neighbour upsampling."""
   b, h, w, c = x.shape
   if tuple(taps) == (1, 1):
-    return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape(b, 2 * h, 2 * w, c)
   f = 4.0 * _filter_2d(taps)
   k = f.shape[0]
   pad = k - 1 - (k - 1) // 2
@@ -325,10 +326,10 @@ class UNet(nn.Module):
 
   def _embed(self, t: jax.Array, cond, dtype) -> jax.Array:
     features = self.model_channels * self.channel_mult_noise
-    e = noise_embedding(self.noise_scale * t, embedding=self.embedding, features=features,
-                        fourier_scale=self.fourier_scale)
     c = embed_condition(cond, num_classes=self.num_classes, cond_dim=self.cond_dim,
                         batch=t.shape[0], features=features, dtype=self.dtype)
+    e = noise_embedding(self.noise_scale * t, embedding=self.embedding, features=features,
+                        fourier_scale=self.fourier_scale)
     if c is not None:
       e = e + c
     width = self.model_channels * self.channel_mult_emb
