@@ -5,7 +5,11 @@ from diffusion_jax.nets.embeddings import GaussianFourierEmbedding, SinusoidalEm
 from diffusion_jax.nets.init import init_params
 from diffusion_jax.nets.mlp import ScoreMLP
 from diffusion_jax.nets.model_fn import ModelFn, ModuleModelFn, as_model_fn
-from diffusion_jax.nets.unet import UNet
+from diffusion_jax.nets.ncsn import NCSN, CondInstanceNormPP
+from diffusion_jax.nets.unet import (UNet, ddpmpp_cifar10, edm_ddpmpp_cifar10, edm_ncsnpp_cifar10,
+                                     ncsnpp_cifar10)
 
-__all__ = ["Conv2D", "GaussianFourierEmbedding", "ModelFn", "ModuleModelFn", "ScoreMLP",
-           "SinusoidalEmbedding", "UNet", "as_model_fn", "init_params"]
+__all__ = ["CondInstanceNormPP", "Conv2D", "GaussianFourierEmbedding", "ModelFn", "ModuleModelFn",
+           "NCSN", "ScoreMLP",
+           "SinusoidalEmbedding", "UNet", "as_model_fn", "ddpmpp_cifar10", "edm_ddpmpp_cifar10",
+           "edm_ncsnpp_cifar10", "init_params", "ncsnpp_cifar10"]

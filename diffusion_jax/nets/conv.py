@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from diffusion_jax import _checks
+from diffusion_jax.nets import init as inits
 
 Initializer = Callable[..., jax.Array]
 
@@ -149,7 +150,7 @@ class Conv2D(nn.Module):
     kernel_size: the (odd) side of the square kernel.
     strides: the stride in both spatial directions.
     use_bias: add a learned bias.
-    kernel_init: initialiser of the (kh, kw, cin, cout) kernel.
+    kernel_init: initialiser of the (kh, kw, cin, cout) kernel (default Glorot uniform).
     bias_init: initialiser of the bias.
     dtype: computation dtype (parameters stay in float32; None: the input's dtype).
     weight_grad: "auto" | "xla" | "matmul" | "im2col", how dL/dkernel is computed.
@@ -159,8 +160,8 @@ class Conv2D(nn.Module):
   kernel_size: int = 3
   strides: int = 1
   use_bias: bool = True
-  kernel_init: Initializer = nn.initializers.lecun_normal()
-  bias_init: Initializer = nn.initializers.zeros_init()
+  kernel_init: Initializer = inits.variance_scaling(1.0)
+  bias_init: Initializer = inits.zeros
   dtype: Any = None
   weight_grad: str = "auto"
 
@@ -170,7 +171,8 @@ class Conv2D(nn.Module):
     _checks.check_count("kernel_size", self.kernel_size)
     _checks.check_count("strides", self.strides)
     if self.kernel_size % 2 == 0:
-      raise ValueError(f"kernel_size must be odd (symmetric 'SAME' padding), got {self.kernel_size}.")
+      raise ValueError(f"kernel_size must be odd (symmetric 'SAME' padding), got "
+                       f"{self.kernel_size}.")
     if x.ndim != 4:
       raise ValueError(f"x must be NHWC images of shape (B, H, W, C), got {x.shape}.")
     k = self.kernel_size

@@ -22,15 +22,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import _checks
+from diffusion_jax.nets import init as inits
 from diffusion_jax.nets.conv import Conv2D
 from diffusion_jax.nets.embeddings import GaussianFourierEmbedding
 
 
-def _init(scale: float):
+def _init(scale: float) -> inits.HostInit:
   """Variance-scaling ("fan_avg", uniform) init; scale 1 is Xavier/Glorot uniform, the init of
   score_sde's ``default_init`` and EDM's ``xavier_uniform``. Tiny scales stand for the papers'
   zero-initialised layers (score_sde: init_scale 0 -> 1e-10; EDM: init_weight 1e-5 -> 1e-10)."""
-  return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+  return inits.variance_scaling(scale)
+
+
+def _dense(features: int, name: str, dtype, scale: float = 1.0) -> nn.Dense:
+  return nn.Dense(features, kernel_init=_init(scale), bias_init=inits.zeros, dtype=dtype, name=name)
 
 
 _ZERO = 1e-10  # the papers' "zero" init (see _init)
@@ -47,7 +52,8 @@ def num_groups(channels: int) -> int:
 
 def _group_norm(channels: int, name: str, dtype) -> nn.GroupNorm:
   # Statistics per example over (H, W, C / groups): examples in a batch never mix.
-  return nn.GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype, name=name)
+  return nn.GroupNorm(num_groups=num_groups(channels), epsilon=1e-6, dtype=dtype,
+                      scale_init=inits.ones, bias_init=inits.zeros, name=name)
 
 
 def positional_embedding(t: jax.Array, features: int, max_period: float = 10_000.0) -> jax.Array:
@@ -85,7 +91,8 @@ def upsample(x: jax.Array, taps: Sequence[float] = (1, 1)) -> jax.Array:
   ``downsample``, times 4); taps (1, 1) is nearest-neighbour upsampling."""
   b, h, w, c = x.shape
   if tuple(taps) == (1, 1):
-    return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+    x = jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c))
+    return x.reshape(b, 2 * h, 2 * w, c)
   f = 4.0 * _filter_2d(taps)
   k = f.shape[0]
   pad = k - 1 - (k - 1) // 2
@@ -94,6 +101,57 @@ def upsample(x: jax.Array, taps: Sequence[float] = (1, 1)) -> jax.Array:
                                       lhs_dilation=(2, 2),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                       feature_group_count=c)
+
+
+def embed_condition(cond, *, num_classes: int, cond_dim: int, batch: int, features: int,
+                    dtype=None) -> jax.Array | None:
+  """E(cond), (B, features): a row of a (K + 1)-row table for integer labels in 0..K (K =
+  ``num_classes``, the null label, also used for cond=None), a Dense projection of a float
+  (B, cond_dim) condition, or None for an unconditional network. Call it inside a compact method:
+  the layers it creates belong to that module ("label_embedding" / "cond_projection")."""
+  if num_classes:
+    if cond is None:
+      cond = jnp.full((batch,), num_classes, jnp.int32)
+    cond = jnp.asarray(cond)
+    if not jnp.issubdtype(cond.dtype, jnp.integer) or cond.shape != (batch,):
+      raise ValueError(f"cond must be integer labels of shape ({batch},) in 0..{num_classes} for "
+                       f"num_classes={num_classes}, got {cond.dtype}{cond.shape}.")
+    labels = _checks.concrete_or_none(cond)
+    if labels is not None and labels.size and (labels.min() < 0 or labels.max() > num_classes):
+      raise ValueError(f"cond labels must lie in 0..{num_classes} ({num_classes} is the null "
+                       f"label), got values in [{labels.min()}, {labels.max()}].")
+    table = nn.Embed(num_classes + 1, features, embedding_init=inits.normal(1.0),
+                     name="label_embedding")
+    return table(cond) if dtype is None else table(cond).astype(dtype)
+  if cond_dim:
+    if cond is None:
+      raise ValueError(f"cond must be a float array of shape ({batch}, {cond_dim}) for "
+                       f"cond_dim={cond_dim}, got None.")
+    cond = jnp.asarray(cond)
+    if not jnp.issubdtype(cond.dtype, jnp.floating) or cond.shape != (batch, cond_dim):
+      raise ValueError(f"cond must be a float array of shape ({batch}, {cond_dim}) for "
+                       f"cond_dim={cond_dim}, got {cond.dtype}{cond.shape}.")
+    return _dense(features, "cond_projection", dtype)(cond)
+  if cond is not None:
+    raise ValueError("cond was given but the network is unconditional; set num_classes (integer "
+                     "labels) or cond_dim (a float condition).")
+  return None
+
+
+def check_condition_fields(num_classes, cond_dim) -> None:
+  """num_classes and cond_dim: ints >= 0, not both set."""
+  _checks.check_count("num_classes", num_classes, minimum=0)
+  _checks.check_count("cond_dim", cond_dim, minimum=0)
+  if num_classes and cond_dim:
+    raise ValueError("set num_classes (integer labels) or cond_dim (a continuous condition), "
+                     "not both.")
+
+
+def noise_embedding(t: jax.Array, *, embedding: str, features: int, fourier_scale: float):
+  """The fixed embedding of the (scaled) noise input: positional or Gaussian Fourier features."""
+  if embedding == "positional":
+    return positional_embedding(t, features)
+  return GaussianFourierEmbedding(features, scale=fourier_scale, name="fourier")(t)
 
 
 class ResBlock(nn.Module):
@@ -126,7 +184,7 @@ class ResBlock(nn.Module):
     elif self.down:
       h, x = downsample(h, self.resample_filter), downsample(x, self.resample_filter)
     h = Conv2D(c, 3, kernel_init=_init(1.0), dtype=self.dtype, name="conv0")(h)
-    h = h + nn.Dense(c, kernel_init=_init(1.0), dtype=self.dtype, name="emb_proj")(emb)[:, None, None, :]
+    h = h + _dense(c, "emb_proj", self.dtype)(emb)[:, None, None, :]
     h = nn.silu(_group_norm(c, "norm1", self.dtype)(h))
     if self.dropout > 0.0:
       h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
@@ -245,17 +303,13 @@ class UNet(nn.Module):
     _checks.check_count("channel_mult_emb", self.channel_mult_emb)
     _checks.check_count("channel_mult_noise", self.channel_mult_noise)
     _checks.check_count("num_heads", self.num_heads)
-    _checks.check_count("num_classes", self.num_classes, minimum=0)
-    _checks.check_count("cond_dim", self.cond_dim, minimum=0)
+    check_condition_fields(self.num_classes, self.cond_dim)
     if self.out_channels is not None:
       _checks.check_count("out_channels", self.out_channels)
     _checks.check_choice("embedding", self.embedding, _EMBEDDINGS)
     _checks.check_choice("resblock", self.resblock, _RESBLOCKS)
     _checks.check_choice("encoder", self.encoder, _ENCODERS)
     _checks.check_choice("decoder", self.decoder, _DECODERS)
-    if self.num_classes and self.cond_dim:
-      raise ValueError("set num_classes (integer labels) or cond_dim (a continuous condition), "
-                       "not both.")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}.")
     if (self.model_channels * self.channel_mult_noise) % 2:
@@ -270,49 +324,17 @@ class UNet(nn.Module):
       raise ValueError(f"resample_filter must be an even number (>= 2) of taps with a positive "
                        f"sum, e.g. (1, 1) or (1, 3, 3, 1), got {self.resample_filter!r}.")
 
-  def _embed_cond(self, cond, batch: int, features: int, dtype) -> jax.Array | None:
-    """E(cond), (B, features), or None for an unconditional network."""
-    if self.num_classes:
-      if cond is None:
-        cond = jnp.full((batch,), self.num_classes, jnp.int32)
-      cond = jnp.asarray(cond)
-      if not jnp.issubdtype(cond.dtype, jnp.integer) or cond.shape != (batch,):
-        raise ValueError(f"cond must be integer labels of shape ({batch},) in 0..{self.num_classes}"
-                         f" for num_classes={self.num_classes}, got {cond.dtype}{cond.shape}.")
-      labels = _checks.concrete_or_none(cond)
-      if labels is not None and labels.size and (labels.min() < 0 or labels.max() > self.num_classes):
-        raise ValueError(f"cond labels must lie in 0..{self.num_classes} ({self.num_classes} is the "
-                         f"null label), got values in [{labels.min()}, {labels.max()}].")
-      return nn.Embed(self.num_classes + 1, features, embedding_init=nn.initializers.normal(1.0),
-                      name="label_embedding")(cond).astype(dtype)
-    if self.cond_dim:
-      if cond is None:
-        raise ValueError(f"cond must be a float array of shape ({batch}, {self.cond_dim}) for "
-                         f"cond_dim={self.cond_dim}, got None.")
-      cond = jnp.asarray(cond)
-      if not jnp.issubdtype(cond.dtype, jnp.floating) or cond.shape != (batch, self.cond_dim):
-        raise ValueError(f"cond must be a float array of shape ({batch}, {self.cond_dim}) for "
-                         f"cond_dim={self.cond_dim}, got {cond.dtype}{cond.shape}.")
-      return nn.Dense(features, kernel_init=_init(1.0), dtype=self.dtype,
-                      name="cond_projection")(cond.astype(dtype))
-    if cond is not None:
-      raise ValueError("cond was given but the network is unconditional; set num_classes (integer "
-                       "labels) or cond_dim (a float condition).")
-    return None
-
   def _embed(self, t: jax.Array, cond, dtype) -> jax.Array:
     features = self.model_channels * self.channel_mult_noise
-    s = self.noise_scale * t
-    if self.embedding == "positional":
-      e = positional_embedding(s, features)
-    else:
-      e = GaussianFourierEmbedding(features, scale=self.fourier_scale, name="fourier")(s)
-    c = self._embed_cond(cond, t.shape[0], features, e.dtype)
+    c = embed_condition(cond, num_classes=self.num_classes, cond_dim=self.cond_dim,
+                        batch=t.shape[0], features=features, dtype=self.dtype)
+    e = noise_embedding(self.noise_scale * t, embedding=self.embedding, features=features,
+                        fourier_scale=self.fourier_scale)
     if c is not None:
       e = e + c
     width = self.model_channels * self.channel_mult_emb
-    e = nn.silu(nn.Dense(width, kernel_init=_init(1.0), dtype=self.dtype, name="emb_dense0")(e))
-    return nn.silu(nn.Dense(width, kernel_init=_init(1.0), dtype=self.dtype, name="emb_dense1")(e))
+    e = nn.silu(_dense(width, "emb_dense0", self.dtype)(e))
+    return nn.silu(_dense(width, "emb_dense1", self.dtype)(e))
 
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, cond=None, *, train: bool = False) -> jax.Array:
@@ -390,3 +412,55 @@ class UNet(nn.Module):
         out = y if out is None else upsample(out, taps) + y
     assert not skips
     return out.astype(x.dtype)
+
+
+# The papers' CIFAR-10 networks. Parameter counts (32x32x3, unconditional), as jax.eval_shape
+# counts them here; tests/test_unet.py checks them against a layer-by-layer count written from the
+# reference code (score_sde's ncsnpp.py, EDM's SongUNet.__init__).
+
+def ddpmpp_cifar10(*, deep: bool = False, **overrides) -> UNet:
+  """DDPM++ cont. (VP / sub-VP) of Song et al. 2021 (score_sde configs/vp/cifar10_ddpmpp[_deep]
+  _continuous.py): nf 128, ch_mult (1, 2, 2, 2), 4 (deep: 8) BigGAN blocks per level, attention at
+  16x16, positional embedding of 999 t, dropout 0.1, box resampling, no progressive paths.
+  61,804,419 parameters (deep: 106,632,579), as score_sde's code has them."""
+  fields = dict(model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=8 if deep else 4,
+                attn_resolutions=(16,), dropout=0.1, embedding="positional", noise_scale=999.0,
+                resblock="biggan", encoder="standard", decoder="standard", resample_filter=(1, 1))
+  return UNet(**{**fields, **overrides})
+
+
+def ncsnpp_cifar10(*, deep: bool = False, **overrides) -> UNet:
+  """NCSN++ cont. (VE) of Song et al. 2021 (score_sde configs/ve/cifar10_ncsnpp[_deep]
+  _continuous.py): as DDPM++ but a Gaussian Fourier embedding (2 nf features, scale 16) of
+  log sigma (feed t = log sigma; noise_scale 1), FIR resampling (1, 3, 3, 1) and the "residual"
+  input path (progressive_input="residual"). 62,758,787 parameters (deep: 107,586,947); score_sde's
+  code counts 128 more, its Fourier frequencies W, a stop-gradient parameter there and a constant
+  here. score_sde divides the output by sigma (scale_by_sigma): read it as Prediction.EPS."""
+  fields = dict(model_channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=8 if deep else 4,
+                attn_resolutions=(16,), dropout=0.1, embedding="fourier", fourier_scale=16.0,
+                channel_mult_noise=2, noise_scale=1.0, resblock="biggan", encoder="residual",
+                decoder="standard", resample_filter=(1, 3, 3, 1))
+  return UNet(**{**fields, **overrides})
+
+
+def edm_ddpmpp_cifar10(**overrides) -> UNet:
+  """EDM's DDPM++ for CIFAR-10 (Karras et al. 2022, config F; NVlabs/edm train.py --arch=ddpmpp):
+  SongUNet with model_channels 128, channel_mult (2, 2, 2), 4 blocks, attention at 16, positional
+  embedding of c_noise = log(sigma) / 4 (noise_scale 1; EDMPrecond supplies it), dropout 0.13.
+  55,732,739 parameters (55.73M, the capacity Karras et al. 2022 list in their Table 7); EDM's
+  9-dimensional augmentation label adds 1,152 (not built here)."""
+  fields = dict(model_channels=128, channel_mult=(2, 2, 2), num_res_blocks=4,
+                attn_resolutions=(16,), dropout=0.13, embedding="positional", noise_scale=1.0,
+                resblock="biggan", encoder="standard", decoder="standard", resample_filter=(1, 1))
+  return UNet(**{**fields, **overrides})
+
+
+def edm_ncsnpp_cifar10(**overrides) -> UNet:
+  """EDM's NCSN++ for CIFAR-10 (NVlabs/edm train.py --arch=ncsnpp): as ``edm_ddpmpp_cifar10`` with
+  a Fourier embedding of 2 x 128 features, FIR (1, 3, 3, 1) resampling and the residual encoder.
+  56,395,523 parameters (+1,152 with EDM's augmentation label)."""
+  fields = dict(model_channels=128, channel_mult=(2, 2, 2), num_res_blocks=4,
+                attn_resolutions=(16,), dropout=0.13, embedding="fourier", fourier_scale=16.0,
+                channel_mult_noise=2, noise_scale=1.0, resblock="biggan", encoder="residual",
+                decoder="standard", resample_filter=(1, 3, 3, 1))
+  return UNet(**{**fields, **overrides})
