@@ -1,8 +1,9 @@
 """Training images/second of the image U-Nets: our JAX UNet against the same network in PyTorch.
 
-    python benchmarks/train_throughput.py [--out benchmarks/results/train_throughput.json] [--quick]
-        [--configs digits,shapes16,shapes32,cifar10] [--rounds 5] [--steps 3] [--threads N]
-        [--batch CONFIG=B ...] [--variants xla,shifted,im2col] [--dtype float32|bfloat16]
+    python benchmarks/train_throughput.py [--out FILE] [--quick] [--threads 1,2]
+        [--configs digits,shapes16,shapes32,cifar10] [--rounds 5] [--steps 3]
+        [--batch CONFIG=B ...] [--variants xla,auto,matmul,im2col] [--dtype float32|bfloat16]
+    python benchmarks/train_throughput.py --micro [--threads 1]   # conv weight gradients alone
 
 What is timed: one training step of eps-prediction denoising score matching on the VP SDE
 (Song et al. 2021; t ~ U[1e-5, 1], x_t = alpha(t) x0 + sigma(t) eps, loss = mean over the batch of
@@ -18,9 +19,18 @@ residual blocks, attention only after the last block of a decoder level, ``outpu
 sqrt(2) in every block, and GroupNorm groups min(32, C / 4) per layer. Both parameter counts are
 reported; they agree exactly when the mapping is right.
 
-Ours runs in variants of ``Conv2D.weight_grad`` (how the convolution's kernel gradient is computed:
-"xla", XLA's own; "shifted" / "im2col", as matmuls, see diffusion_jax/nets/conv.py), so the JSON
-shows the speed with and without the matmul weight gradient.
+Ours runs in variants of ``Conv2D.weight_grad``, how every convolution's kernel gradient is
+computed (diffusion_jax/nets/conv.py): "xla", XLA's own everywhere (the library without the matmul
+weight gradient); "auto", the default (matmul for 1x1 kernels on CPU, XLA's for 3x3); "matmul",
+shifted-view matmuls for every kernel; "im2col", one patch-matrix matmul per convolution. The
+variant is applied by rebinding the ``Conv2D`` that ``nets.unet`` builds while the step is traced.
+``--threads 1,2`` repeats everything with both sides on 1 and then 2 CPUs: on one CPU the process
+CPU time per step is also a fair clock on a busy machine (it excludes time spent descheduled),
+and the JSON has both the wall-clock and the CPU-time ratios.
+
+``--micro`` instead times single convolution weight gradients (batch 8; 8, 16, 28, 32 px; 3x3
+and 1x1 kernels) for each method, batched and under the per-example vmap of the library's train
+step, against torch's ``aten.convolution_backward`` (weight only), with the forward for scale.
 
 Fairness: each side runs in its own worker process (one library's thread pool never competes with
 the other's), both pinned to the same CPUs (``--threads``, default all this process may use),
@@ -88,6 +98,11 @@ BATCHES = {"digits": (128, 32, 1024), "shapes16": (64, 16, 512), "shapes32": (32
 PEAK_FLOPS = {"H200": {"bfloat16": 989e12, "float32": 495e12},
               "H100": {"bfloat16": 989e12, "float32": 495e12},
               "A100": {"bfloat16": 312e12, "float32": 156e12}}
+# jaxlib 0.10.2 hands XLA:CPU's convolutions (and reductions) to YNNPACK by default; with only
+# dots going there, convolutions take XLA's own (Eigen) path, whose weight gradient was measured
+# 1.7x faster for a 3x3 and 5x faster for a 1x1 convolution at 32 px (see --micro).
+JAX_FLAG_SETS = [("ynn_dots_only",
+                  "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")]
 LEARNING_RATE, EMA_DECAY, T_MIN, NOISE_SCALE = 2e-4, 0.999, 1e-5, 999.0
 BETA_MIN, BETA_MAX = 0.1, 20.0  # the library's VPSDE defaults
 
@@ -386,6 +401,8 @@ class Worker:
     env = {**os.environ, **MALLOC_ENV, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if side == "torch" and opts.get("omp_wait_policy"):
       env["OMP_WAIT_POLICY"] = opts["omp_wait_policy"]
+    if side == "jax" and opts.get("xla_flags"):
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + opts["xla_flags"]).strip()
     self.proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--worker", side,
          "--worker-cpus", ",".join(map(str, cpus)), "--worker-opts", json.dumps(opts)],
@@ -483,11 +500,16 @@ def _run_threads(args, cpus, variants, overrides, on_config):
           "omp_wait_policy": args.torch_omp_wait_policy}
   ours = Worker("jax", cpus, opts)
   gpu = ours.meta["backend"] == "gpu"
+  # Extra JAX workers, one per named XLA_FLAGS set; their jobs are named "<variant>@<set>".
+  flagged = [] if gpu else [(label, Worker("jax", cpus, {**opts, "xla_flags": flags}))
+                            for label, flags in args.jax_flag_sets]
+  flag_variants = args.flag_variants.split(",")
   missing = "ours runs on a GPU; the CPU peer is not compared" if gpu else _peer_missing()
   peer = None if missing else Worker("torch", cpus, opts)
   if variants is None:  # on a GPU only the default; on CPU with and without the matmul forms
     variants = ["auto"] if gpu else ["xla", "auto", "matmul"]
   out = {"threads": len(cpus), "cpus": cpus, "jax": ours.meta, "torch": peer.meta if peer else None,
+         "jax_flag_sets": {label: flags for label, flags in args.jax_flag_sets} if flagged else {},
          "peer_missing": missing, "load_average_at_start": os.getloadavg(), "configs": {}}
   print(f"threads {len(cpus)} (cpus {cpus}); jax backend {ours.meta['backend']}; "
         f"peer: {'diffusers' if peer else missing}", flush=True)
@@ -498,12 +520,14 @@ def _run_threads(args, cpus, variants, overrides, on_config):
       entry = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
                "batch": batch, "jax": {}, "torch": None}
       jobs = []
-      for v in variants:
-        key = f"{name}/{v}"
-        info = ours.call("build", name=key, config=config, batch=batch, variant=v, dtype=args.dtype)
-        entry["jax"][v] = info
-        jobs.append((ours, key, info))
-        print(f"{name} batch {batch}: ours[{v}] {info['params']:,} params, compile "
+      builds = [(ours, v, v) for v in variants] + [
+          (worker, v, f"{v}@{label}") for label, worker in flagged for v in flag_variants]
+      for worker, v, label in builds:
+        key = f"{name}/{label}"
+        info = worker.call("build", name=key, config=config, batch=batch, variant=v, dtype=args.dtype)
+        entry["jax"][label] = info
+        jobs.append((worker, key, info))
+        print(f"{name} batch {batch}: ours[{label}] {info['params']:,} params, compile "
               f"{info['compile_s']:.1f} s", flush=True)
       if peer:
         info = peer.call("build", name=f"{name}/torch", config=config, batch=batch, variant="",
@@ -523,8 +547,9 @@ def _run_threads(args, cpus, variants, overrides, on_config):
       if peer:
         entry["param_count_relative_difference"] = (
             entry["jax"][variants[0]]["params"] / entry["torch"]["params"] - 1)
-        for v in variants:
-          entry["jax"][v]["speed_vs_torch"] = _ratios(times[f"{name}/{v}"], times[f"{name}/torch"])
+        for label in entry["jax"]:
+          entry["jax"][label]["speed_vs_torch"] = _ratios(times[f"{name}/{label}"],
+                                                          times[f"{name}/torch"])
       if gpu:
         peak = _peak(ours.meta["device_kind"], args.dtype)
         for v in variants:
@@ -539,15 +564,15 @@ def _run_threads(args, cpus, variants, overrides, on_config):
           + (" ({wall[median]:.2f}x torch wall, {cpu[median]:.2f}x cpu)".format(
               **entry["jax"][v]["speed_vs_torch"]) if peer else "")
           + (f" MFU {entry['jax'][v]['mfu']:.1%}" if gpu and entry["jax"][v]["mfu"] else "")
-          for v in variants)
+          for v in entry["jax"])
       if peer:
         line += f"; torch {entry['torch']['wall']['images_per_s']:.1f} img/s"
       print(f"{name} ({len(cpus)} threads): {line}", flush=True)
       on_config(out)
   finally:
-    ours.close()
-    if peer:
-      peer.close()
+    for worker in [ours, peer] + [w for _, w in flagged]:
+      if worker is not None:
+        worker.close()
   out["load_average_at_end"] = os.getloadavg()
   return out
 
@@ -557,42 +582,45 @@ MICRO_SHAPES = [(px, cin, cout, k) for px in (8, 16, 28, 32)
 
 
 def run_micro(args):
-  """The convolution weight-gradient microbenchmark, both sides on the same CPUs, alternating."""
+  """The convolution weight-gradient microbenchmark, both sides on the same CPUs, alternating;
+  the JAX side also in one worker per extra XLA_FLAGS set (its columns named "<method>@<set>")."""
   allowed = sorted(os.sched_getaffinity(0))
   cpus = allowed[:int(str(args.threads).split(",")[0])] if args.threads else allowed
   opts = {"threads": len(cpus), "compilation_cache": args.compilation_cache,
           "omp_wait_policy": args.torch_omp_wait_policy}
   methods = args.variants.split(",") if args.variants else ["xla", "matmul", "im2col"]
-  workers = [Worker("jax", cpus, opts)]
+  workers = [("jax", Worker("jax", cpus, opts))]
+  workers += [(label, Worker("jax", cpus, {**opts, "xla_flags": flags}))
+              for label, flags in args.jax_flag_sets]
   if not _peer_missing():
-    workers.append(Worker("torch", cpus, opts))
-  passes = {w.side: [] for w in workers}
+    workers.append(("torch", Worker("torch", cpus, opts)))
+  passes = {label: [] for label, _ in workers}
   try:
     for r in range(args.rounds):
-      for w in (workers if r % 2 == 0 else workers[::-1]):
-        passes[w.side].append(w.call("micro", shapes=MICRO_SHAPES, batch=args.micro_batch,
-                                     methods=methods, repeats=args.steps))
+      for label, w in (workers if r % 2 == 0 else workers[::-1]):
+        passes[label].append(w.call("micro", shapes=MICRO_SHAPES, batch=args.micro_batch,
+                                    methods=methods, repeats=args.steps))
   finally:
-    for w in workers:
+    for _, w in workers:
       w.close()
+
+  def best(label, i, key):  # the best over passes, per clock
+    return {c: min(p[i][key][c] for p in passes[label]) for c in ("wall_ms", "cpu_ms")}
+
   rows = []
   for i, shape in enumerate(MICRO_SHAPES):
-    row = dict(passes["jax"][0][i])
-    for key in row:
-      if isinstance(row[key], dict):  # the best over passes, per clock
-        row[key] = {c: min(p[i][key][c] for p in passes["jax"]) for c in ("wall_ms", "cpu_ms")}
-    if "torch" in passes:
-      for key in ("forward", "weight_grad"):
-        row["torch_" + key] = {c: min(p[i][key][c] for p in passes["torch"])
-                               for c in ("wall_ms", "cpu_ms")}
+    row = {k: v for k, v in passes["jax"][0][i].items() if not isinstance(v, dict)}
+    for label in passes:
+      for key, value in passes[label][0][i].items():
+        if isinstance(value, dict):
+          name = {"jax": key, "torch": "torch_" + key}.get(label, f"{key}@{label}")
+          row[name] = best(label, i, key)
     rows.append(row)
-    cols = " ".join(f"{m} {row[m]['cpu_ms']:.2f} (vmap {row[m + '_vmap']['cpu_ms']:.2f})" for m in methods)
-    peer = f" | torch {row['torch_weight_grad']['cpu_ms']:.2f}" if "torch" in passes else ""
-    print(f"{shape[0]}px {shape[1]}->{shape[2]} k{shape[3]}: fwd {row['forward']['cpu_ms']:.2f} | "
-          f"{cols}{peer} (CPU ms)", flush=True)
+    cols = " ".join(f"{k} {v['cpu_ms']:.2f}" for k, v in row.items() if isinstance(v, dict))
+    print(f"{shape[0]}px {shape[1]}->{shape[2]} k{shape[3]} (CPU ms): {cols}", flush=True)
   return {"machine": _machine(cpus), "versions": _versions(), "threads": len(cpus),
           "batch": args.micro_batch, "rounds": args.rounds, "repeats": args.steps,
-          "peer_missing": _peer_missing(), "rows": rows}
+          "jax_flag_sets": dict(args.jax_flag_sets), "peer_missing": _peer_missing(), "rows": rows}
 
 
 def run(args, on_config=None):
@@ -638,6 +666,12 @@ def main():
   parser.add_argument("--variants", default="", help="Conv2D weight_grad variants of ours "
                       "(default: xla,auto,matmul on CPU, auto on GPU; im2col also exists)")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--jax-flags", action="append", default=None, metavar="LABEL=XLA_FLAGS",
+                      help="an extra JAX worker with these XLA_FLAGS (CPU only), its jobs named "
+                      "<variant>@LABEL; default: " + " ".join(f"{k}={v}" for k, v in JAX_FLAG_SETS)
+                      + "; pass --jax-flags none for no extra worker")
+  parser.add_argument("--flag-variants", default="xla,auto",
+                      help="the weight_grad variants run by the extra JAX workers")
   parser.add_argument("--compilation-cache", default=os.path.join(
       tempfile.gettempdir(), "diffusion_jax_train_throughput_xla_cache"),
       help="JAX persistent compilation cache ('' for none); compile_s is a cache hit when warm")
@@ -655,6 +689,10 @@ def main():
     return
   if args.rounds is None:
     args.rounds = 2 if args.quick else 5
+  if args.jax_flags is None:
+    args.jax_flag_sets = list(JAX_FLAG_SETS)
+  else:
+    args.jax_flag_sets = [tuple(kv.split("=", 1)) for kv in args.jax_flags if kv != "none"]
   if not args.out:
     args.out = os.path.join(HERE, "results", "train_throughput_micro.json" if args.micro
                             else "train_throughput.json")
