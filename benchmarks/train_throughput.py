@@ -98,11 +98,13 @@ BATCHES = {"digits": (128, 32, 1024), "shapes16": (64, 16, 512), "shapes32": (32
 PEAK_FLOPS = {"H200": {"bfloat16": 989e12, "float32": 495e12},
               "H100": {"bfloat16": 989e12, "float32": 495e12},
               "A100": {"bfloat16": 312e12, "float32": 156e12}}
-# jaxlib 0.10.2 hands XLA:CPU's convolutions (and reductions) to YNNPACK by default; with only
-# dots going there, convolutions take XLA's own (Eigen) path, whose weight gradient was measured
-# 1.7x faster for a 3x3 and 5x faster for a 1x1 convolution at 32 px (see --micro).
-JAX_FLAG_SETS = [("ynn_dots_only",
-                  "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT")]
+# jaxlib 0.10.2 hands XLA:CPU's dots, convolutions and reductions to YNNPACK by default. Its
+# convolution weight gradients can be pathological (a 3x3 64->64 one at 32 px, batch 32: 774 ms
+# against 64 ms on XLA's own Eigen path and 37 ms for the forward), while XLA's own column
+# reductions (bias gradients) are slow, so the extra worker keeps dots and reductions on YNNPACK
+# and takes convolutions off it.
+JAX_FLAG_SETS = [("ynn_no_conv", "--xla_cpu_experimental_ynn_fusion_type="
+                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE")]
 LEARNING_RATE, EMA_DECAY, T_MIN, NOISE_SCALE = 2e-4, 0.999, 1e-5, 999.0
 BETA_MIN, BETA_MAX = 0.1, 20.0  # the library's VPSDE defaults
 
