@@ -1,8 +1,9 @@
 """Training images/second of the image U-Nets: our JAX UNet against the same network in PyTorch.
 
-    python benchmarks/train_throughput.py [--out benchmarks/results/train_throughput.json] [--quick]
-        [--configs digits,shapes16,shapes32,cifar10] [--rounds 5] [--steps 3] [--threads N]
-        [--batch CONFIG=B ...] [--variants xla,shifted,im2col] [--dtype float32|bfloat16]
+    python benchmarks/train_throughput.py [--out FILE] [--quick] [--threads 1,2]
+        [--configs digits,shapes16,shapes32,cifar10] [--rounds 5] [--steps 3]
+        [--batch CONFIG=B ...] [--variants xla,auto,matmul,im2col] [--dtype float32|bfloat16]
+    python benchmarks/train_throughput.py --micro [--threads 1]   # conv weight gradients alone
 
 What is timed: one training step of eps-prediction denoising score matching on the VP SDE
 (Song et al. 2021; t ~ U[1e-5, 1], x_t = alpha(t) x0 + sigma(t) eps, loss = mean over the batch of
@@ -18,14 +19,26 @@ residual blocks, attention only after the last block of a decoder level, ``outpu
 sqrt(2) in every block, and GroupNorm groups min(32, C / 4) per layer. Both parameter counts are
 reported; they agree exactly when the mapping is right.
 
-Ours runs in variants of ``Conv2D.weight_grad`` (how the convolution's kernel gradient is computed:
-"xla", XLA's own; "shifted" / "im2col", as matmuls, see diffusion_jax/nets/conv.py), so the JSON
-shows the speed with and without the matmul weight gradient.
+Ours runs in variants of ``Conv2D.weight_grad``, how every convolution's kernel gradient is
+computed (diffusion_jax/nets/conv.py): "xla", XLA's own everywhere (the library without the matmul
+weight gradient); "auto", the default (matmul for 1x1 kernels on CPU, XLA's for 3x3); "matmul",
+shifted-view matmuls for every kernel; "im2col", one patch-matrix matmul per convolution. The
+variant is applied by rebinding the ``Conv2D`` that ``nets.unet`` builds while the step is traced.
+``--threads 1,2`` repeats everything with both sides on 1 and then 2 CPUs: on one CPU the process
+CPU time per step is also a fair clock on a busy machine (it excludes time spent descheduled),
+and the JSON has both the wall-clock and the CPU-time ratios.
+
+``--micro`` instead times single convolution weight gradients (batch 8; 8, 16, 28, 32 px; 3x3
+and 1x1 kernels) for each method, batched and under the per-example vmap of the library's train
+step, against torch's ``aten.convolution_backward`` (weight only), with the forward for scale.
 
 Fairness: each side runs in its own worker process (one library's thread pool never competes with
 the other's), both pinned to the same CPUs (``--threads``, default all this process may use),
 torch with ``torch.set_num_threads(threads)``, both with the same glibc malloc settings
-(benchmarks/sampler_speed.py measured torch 3-4x faster with them). The workers take turns: each
+(benchmarks/sampler_speed.py measured torch 3-4x faster with them), and torch's OpenMP threads
+wait passively (OMP_WAIT_POLICY=PASSIVE, ``--torch-omp-wait-policy``): on this shared 2-core
+machine torch's 2-thread step on the digits net took 0.46-0.79 s with spinning threads and 0.21 s
+with passive ones. The workers take turns: each
 round times ``--steps`` steps of every variant back to back, in an order that rotates from round to
 round, so the slow spells of a shared machine hit all sides alike. Images/s is the batch over the
 median of the per-round best step times; the ratio ours/peer is the median over rounds of each
@@ -64,7 +77,8 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_":
 # The networks. digits and shapes16 mirror experiments/configs (digits.py via image_base.py,
 # shapes16.py); shapes32 is the 32x32 shapes network (a fourth level at the same width);
 # cifar10 is DDPM++ (cont.) of Song et al. 2021 (score_sde configs/vp/cifar10_ddpmpp_continuous:
-# nf 128, ch_mult (1, 2, 2, 2), 4 blocks per level, attention at 16, dropout 0.1).
+# nf 128, ch_mult (1, 2, 2, 2), 4 blocks per level, attention at 16, dropout 0.1), built by the
+# library's ``nets.unet.ddpmpp_cifar10()`` (checked field by field against this entry).
 CONFIGS = {
     "digits": dict(image=(8, 8, 1), model_channels=64, channel_mult=(1, 2), num_res_blocks=2,
                    attn_resolutions=(4,), dropout=0.1),
@@ -73,7 +87,8 @@ CONFIGS = {
     "shapes32": dict(image=(32, 32, 3), model_channels=32, channel_mult=(1, 2, 2, 2),
                      num_res_blocks=2, attn_resolutions=(8,), dropout=0.1),
     "cifar10": dict(image=(32, 32, 3), model_channels=128, channel_mult=(1, 2, 2, 2),
-                    num_res_blocks=4, attn_resolutions=(16,), dropout=0.1),
+                    num_res_blocks=4, attn_resolutions=(16,), dropout=0.1,
+                    library_config="ddpmpp_cifar10"),
 }
 # Batch sizes: (CPU, --quick CPU, GPU).
 BATCHES = {"digits": (128, 32, 1024), "shapes16": (64, 16, 512), "shapes32": (32, 8, 256),
@@ -83,6 +98,13 @@ BATCHES = {"digits": (128, 32, 1024), "shapes16": (64, 16, 512), "shapes32": (32
 PEAK_FLOPS = {"H200": {"bfloat16": 989e12, "float32": 495e12},
               "H100": {"bfloat16": 989e12, "float32": 495e12},
               "A100": {"bfloat16": 312e12, "float32": 156e12}}
+# jaxlib 0.10.2 hands XLA:CPU's dots, convolutions and reductions to YNNPACK by default. Its
+# convolution weight gradients can be pathological (a 3x3 64->64 one at 32 px, batch 32: 774 ms
+# against 64 ms on XLA's own Eigen path and 37 ms for the forward), while XLA's own column
+# reductions (bias gradients) are slow, so the extra worker keeps dots and reductions on YNNPACK
+# and takes convolutions off it.
+JAX_FLAG_SETS = [("ynn_no_conv", "--xla_cpu_experimental_ynn_fusion_type="
+                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE")]
 LEARNING_RATE, EMA_DECAY, T_MIN, NOISE_SCALE = 2e-4, 0.999, 1e-5, 999.0
 BETA_MIN, BETA_MAX = 0.1, 20.0  # the library's VPSDE defaults
 
@@ -136,11 +158,18 @@ class JaxSide:
     from diffusion_jax.nets import UNet, as_model_fn, conv, init_params, unet
 
     h, w, c = config["image"]
-    module = UNet(model_channels=config["model_channels"], channel_mult=config["channel_mult"],
+    fields = dict(model_channels=config["model_channels"], channel_mult=config["channel_mult"],
                   num_res_blocks=config["num_res_blocks"],
                   attn_resolutions=config["attn_resolutions"], dropout=config["dropout"],
                   embedding="positional", noise_scale=NOISE_SCALE, skip_rescale=True,
                   resblock="biggan", dtype=None if dtype == "float32" else getattr(jnp, dtype))
+    module = UNet(**fields)
+    if config.get("library_config"):  # the library's named configuration, which must agree
+      named = getattr(unet, config["library_config"])(dtype=fields["dtype"])
+      differ = {k: (v, getattr(named, k)) for k, v in fields.items() if getattr(named, k) != v}
+      if differ:
+        raise RuntimeError(f"{config['library_config']}() differs from the benchmark's {name}: {differ}")
+      module = named
     x0 = jr.uniform(jr.key(1), (batch, h, w, c), minval=-1.0, maxval=1.0)
     t0 = time.perf_counter()
     params = init_params(module, jr.key(0), x0, jnp.full((batch,), 0.5))
@@ -171,7 +200,9 @@ class JaxSide:
     self.jobs[name] = dict(step=compiled, state=state, batch=batch_tree, key=key)
     n = sum(int(p.size) for p in jax.tree.leaves(params))
     return {"params": n, "init_s": init_s, "compile_s": compile_s, "first_step_s": first_s,
-            "flops_per_step": flops, "resolved_weight_grad": conv.resolve_weight_grad(variant)}
+            "flops_per_step": flops,
+            "resolved_weight_grad": {f"{k}x{k}": conv.resolve_weight_grad(variant, (k, k))
+                                     for k in (1, 3)}}
 
   def time(self, name, steps):
     job = self.jobs[name]
@@ -185,6 +216,44 @@ class JaxSide:
 
   def drop(self, name):
     self.jobs.pop(name, None)
+
+  def micro(self, shapes, batch, methods, repeats):
+    """Best wall / CPU ms of one convolution weight gradient per (px, cin, cout, k) and method,
+    batched and under the per-example vmap of the library's train step; the forward for scale."""
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    from diffusion_jax.nets.conv import conv2d
+
+    out = []
+    for px, cin, cout, k in shapes:
+      kx, kw, kg = jr.split(jr.key(0), 3)
+      x = jr.normal(kx, (batch, px, px, cin))
+      w = jr.normal(kw, (k, k, cin, cout)) / math.sqrt(k * k * cin)
+      g = jr.normal(kg, (batch, px, px, cout))
+      row = {"px": px, "cin": cin, "cout": cout, "kernel": k, "batch": batch,
+             "forward": _best(jax.jit(lambda x, w: conv2d(x, w, weight_grad="xla")), (x, w), repeats)}
+      for m in methods:
+        batched = jax.jit(jax.grad(lambda w, x, g, m=m: jnp.sum(conv2d(x, w, weight_grad=m) * g)))
+        per_example = jax.jit(jax.grad(lambda w, x, g, m=m: jnp.sum(jax.vmap(
+            lambda xi, gi: jnp.sum(conv2d(xi[None], w, weight_grad=m) * gi[None]))(x, g))))
+        row[m] = _best(batched, (w, x, g), repeats)
+        row[m + "_vmap"] = _best(per_example, (w, x, g), repeats)
+      out.append(row)
+    return out
+
+
+def _best(fn, args, repeats):
+  """{"wall_ms", "cpu_ms"}: the best of ``repeats`` calls after a warm-up call."""
+  done = (lambda r: r.block_until_ready()) if hasattr(fn(*args), "block_until_ready") else (lambda r: r)
+  done(fn(*args))
+  wall = cpu = float("inf")
+  for _ in range(repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    done(fn(*args))
+    wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+  return {"wall_ms": 1e3 * wall, "cpu_ms": 1e3 * cpu}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,6 +310,7 @@ class TorchSide:
     self.torch = torch
     self.jobs = {}
     self.meta = {"torch_threads": torch.get_num_threads(),
+                 "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
                  "torch_interop_threads": torch.get_num_interop_threads(),
                  "mkldnn": torch.backends.mkldnn.is_available()}
 
@@ -283,6 +353,21 @@ class TorchSide:
   def time(self, name, steps):
     return _timed(name, self.jobs[name], steps)
 
+  def micro(self, shapes, batch, methods, repeats):
+    """torch's convolution weight gradient (aten.convolution_backward, weight only) and forward."""
+    torch = self.torch
+    out = []
+    for px, cin, cout, k in shapes:
+      x, g = torch.randn(batch, cin, px, px), torch.randn(batch, cout, px, px)
+      w = torch.randn(cout, cin, k, k) / math.sqrt(k * k * cin)
+      pad = [(k - 1) // 2] * 2
+      wgrad = lambda: torch.ops.aten.convolution_backward(
+          g, x, w, None, [1, 1], pad, [1, 1], False, [0, 0], 1, [False, True, False])
+      forward = lambda: torch.nn.functional.conv2d(x, w, padding=pad[0])
+      out.append({"px": px, "cin": cin, "cout": cout, "kernel": k, "batch": batch,
+                  "forward": _best(forward, (), repeats), "weight_grad": _best(wgrad, (), repeats)})
+    return out
+
   def drop(self, name):
     self.jobs.pop(name, None)
 
@@ -316,6 +401,10 @@ def worker_main(side: str, cpus: list[int], opts: dict):
 class Worker:
   def __init__(self, side, cpus, opts):
     env = {**os.environ, **MALLOC_ENV, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if side == "torch" and opts.get("omp_wait_policy"):
+      env["OMP_WAIT_POLICY"] = opts["omp_wait_policy"]
+    if side == "jax" and opts.get("xla_flags"):
+      env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + opts["xla_flags"]).strip()
     self.proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--worker", side,
          "--worker-cpus", ",".join(map(str, cpus)), "--worker-opts", json.dumps(opts)],
@@ -407,21 +496,23 @@ def _peak(kind: str, dtype: str):
   return None
 
 
-def run(args, on_config=None):
-  cpus = sorted(os.sched_getaffinity(0))[:args.threads] if args.threads else sorted(os.sched_getaffinity(0))
-  opts = {"threads": len(cpus), "compilation_cache": args.compilation_cache}
+def _run_threads(args, cpus, variants, overrides, on_config):
+  """All configurations with both workers pinned to ``cpus``: {config name: entry}."""
+  opts = {"threads": len(cpus), "compilation_cache": args.compilation_cache,
+          "omp_wait_policy": args.torch_omp_wait_policy}
   ours = Worker("jax", cpus, opts)
   gpu = ours.meta["backend"] == "gpu"
+  # Extra JAX workers, one per named XLA_FLAGS set; their jobs are named "<variant>@<set>".
+  flagged = [] if gpu else [(label, Worker("jax", cpus, {**opts, "xla_flags": flags}))
+                            for label, flags in args.jax_flag_sets]
+  flag_variants = args.flag_variants.split(",")
   missing = "ours runs on a GPU; the CPU peer is not compared" if gpu else _peer_missing()
   peer = None if missing else Worker("torch", cpus, opts)
-  variants = args.variants.split(",") if args.variants else (["auto"] if gpu else ["xla", "shifted", "im2col"])
-  overrides = dict(kv.split("=") for kv in args.batch)
-  result = {"machine": _machine(cpus), "versions": _versions(), "threads": len(cpus),
-            "jax": ours.meta, "torch": peer.meta if peer else None, "peer_missing": missing,
-            "dtype": args.dtype, "rounds": args.rounds, "steps_per_round": args.steps,
-            "train_step": {"loss": "eps-prediction DSM MSE, VP SDE", "optimizer": f"adam lr {LEARNING_RATE}",
-                           "ema_decay": EMA_DECAY, "t_min": T_MIN, "noise_scale": NOISE_SCALE},
-            "configs": {}}
+  if variants is None:  # on a GPU only the default; on CPU with and without the matmul forms
+    variants = ["auto"] if gpu else ["xla", "auto", "matmul"]
+  out = {"threads": len(cpus), "cpus": cpus, "jax": ours.meta, "torch": peer.meta if peer else None,
+         "jax_flag_sets": {label: flags for label, flags in args.jax_flag_sets} if flagged else {},
+         "peer_missing": missing, "load_average_at_start": os.getloadavg(), "configs": {}}
   print(f"threads {len(cpus)} (cpus {cpus}); jax backend {ours.meta['backend']}; "
         f"peer: {'diffusers' if peer else missing}", flush=True)
   try:
@@ -431,15 +522,18 @@ def run(args, on_config=None):
       entry = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
                "batch": batch, "jax": {}, "torch": None}
       jobs = []
-      for v in variants:
-        key = f"{name}/{v}"
-        info = ours.call("build", name=key, config=config, batch=batch, variant=v, dtype=args.dtype)
-        entry["jax"][v] = info
-        jobs.append((ours, key, entry["jax"][v]))
-        print(f"{name} batch {batch}: ours[{v}] {info['params']:,} params, compile "
+      builds = [(ours, v, v) for v in variants] + [
+          (worker, v, f"{v}@{label}") for label, worker in flagged for v in flag_variants]
+      for worker, v, label in builds:
+        key = f"{name}/{label}"
+        info = worker.call("build", name=key, config=config, batch=batch, variant=v, dtype=args.dtype)
+        entry["jax"][label] = info
+        jobs.append((worker, key, info))
+        print(f"{name} batch {batch}: ours[{label}] {info['params']:,} params, compile "
               f"{info['compile_s']:.1f} s", flush=True)
       if peer:
-        info = peer.call("build", name=f"{name}/torch", config=config, batch=batch, variant="", dtype=args.dtype)
+        info = peer.call("build", name=f"{name}/torch", config=config, batch=batch, variant="",
+                         dtype=args.dtype)
         entry["torch"] = info
         jobs.append((peer, f"{name}/torch", info))
         print(f"{name}: diffusers {info['params']:,} params", flush=True)
@@ -455,8 +549,9 @@ def run(args, on_config=None):
       if peer:
         entry["param_count_relative_difference"] = (
             entry["jax"][variants[0]]["params"] / entry["torch"]["params"] - 1)
-        for v in variants:
-          entry["jax"][v]["speed_vs_torch"] = _ratios(times[f"{name}/{v}"], times[f"{name}/torch"])
+        for label in entry["jax"]:
+          entry["jax"][label]["speed_vs_torch"] = _ratios(times[f"{name}/{label}"],
+                                                          times[f"{name}/torch"])
       if gpu:
         peak = _peak(ours.meta["device_kind"], args.dtype)
         for v in variants:
@@ -465,41 +560,128 @@ def run(args, on_config=None):
           info["achieved_flops_per_s"] = achieved
           info["peak_flops_per_s"] = peak
           info["mfu"] = achieved / peak if peak else None
-      result["configs"][name] = entry
+      out["configs"][name] = entry
       line = ", ".join(
           f"{v} {entry['jax'][v]['wall']['images_per_s']:.1f} img/s"
           + (" ({wall[median]:.2f}x torch wall, {cpu[median]:.2f}x cpu)".format(
               **entry["jax"][v]["speed_vs_torch"]) if peer else "")
           + (f" MFU {entry['jax'][v]['mfu']:.1%}" if gpu and entry["jax"][v]["mfu"] else "")
-          for v in variants)
+          for v in entry["jax"])
       if peer:
         line += f"; torch {entry['torch']['wall']['images_per_s']:.1f} img/s"
-      print(f"{name}: {line}", flush=True)
+      print(f"{name} ({len(cpus)} threads): {line}", flush=True)
+      on_config(out)
+  finally:
+    for worker in [ours, peer] + [w for _, w in flagged]:
+      if worker is not None:
+        worker.close()
+  out["load_average_at_end"] = os.getloadavg()
+  return out
+
+
+MICRO_SHAPES = [(px, cin, cout, k) for px in (8, 16, 28, 32)
+                for cin, cout, k in ((3, 64, 3), (64, 64, 3), (128, 128, 3), (128, 128, 1))]
+
+
+def run_micro(args):
+  """The convolution weight-gradient microbenchmark, both sides on the same CPUs, alternating;
+  the JAX side also in one worker per extra XLA_FLAGS set (its columns named "<method>@<set>")."""
+  allowed = sorted(os.sched_getaffinity(0))
+  cpus = allowed[:int(str(args.threads).split(",")[0])] if args.threads else allowed
+  opts = {"threads": len(cpus), "compilation_cache": args.compilation_cache,
+          "omp_wait_policy": args.torch_omp_wait_policy}
+  methods = args.variants.split(",") if args.variants else ["xla", "matmul", "im2col"]
+  workers = [("jax", Worker("jax", cpus, opts))]
+  workers += [(label, Worker("jax", cpus, {**opts, "xla_flags": flags}))
+              for label, flags in args.jax_flag_sets]
+  if not _peer_missing():
+    workers.append(("torch", Worker("torch", cpus, opts)))
+  passes = {label: [] for label, _ in workers}
+  try:
+    for r in range(args.rounds):
+      for label, w in (workers if r % 2 == 0 else workers[::-1]):
+        passes[label].append(w.call("micro", shapes=MICRO_SHAPES, batch=args.micro_batch,
+                                    methods=methods, repeats=args.steps))
+  finally:
+    for _, w in workers:
+      w.close()
+
+  def best(label, i, key):  # the best over passes, per clock
+    return {c: min(p[i][key][c] for p in passes[label]) for c in ("wall_ms", "cpu_ms")}
+
+  rows = []
+  for i, shape in enumerate(MICRO_SHAPES):
+    row = {k: v for k, v in passes["jax"][0][i].items() if not isinstance(v, dict)}
+    for label in passes:
+      for key, value in passes[label][0][i].items():
+        if isinstance(value, dict):
+          name = {"jax": key, "torch": "torch_" + key}.get(label, f"{key}@{label}")
+          row[name] = best(label, i, key)
+    rows.append(row)
+    cols = " ".join(f"{k} {v['cpu_ms']:.2f}" for k, v in row.items() if isinstance(v, dict))
+    print(f"{shape[0]}px {shape[1]}->{shape[2]} k{shape[3]} (CPU ms): {cols}", flush=True)
+  return {"machine": _machine(cpus), "versions": _versions(), "threads": len(cpus),
+          "batch": args.micro_batch, "rounds": args.rounds, "repeats": args.steps,
+          "jax_flag_sets": dict(args.jax_flag_sets), "peer_missing": _peer_missing(), "rows": rows}
+
+
+def run(args, on_config=None):
+  """One entry of ``runs`` per thread count, each with every configuration."""
+  allowed = sorted(os.sched_getaffinity(0))
+  counts = [int(n) for n in str(args.threads).split(",")] if args.threads else [len(allowed)]
+  variants = args.variants.split(",") if args.variants else None
+  overrides = dict(kv.split("=") for kv in args.batch)
+  result = {"machine": _machine(allowed), "versions": _versions(), "dtype": args.dtype,
+            "rounds": args.rounds, "steps_per_round": args.steps,
+            "train_step": {"loss": "eps-prediction DSM MSE, VP SDE (sum over pixels, mean over "
+                                   "the batch)", "optimizer": f"adam lr {LEARNING_RATE}",
+                           "ema_decay": EMA_DECAY, "t_min": T_MIN, "noise_scale": NOISE_SCALE},
+            "runs": {}}
+  for n in counts:
+    if not 1 <= n <= len(allowed):
+      raise ValueError(f"--threads must list counts in 1..{len(allowed)}, got {n}")
+    key = f"threads={n}"
+
+    def partial(out, key=key):
+      result["runs"][key] = out
       if on_config is not None:
         on_config(result)
-  finally:
-    ours.close()
-    if peer:
-      peer.close()
-  result["machine"]["load_average_at_end"] = os.getloadavg()
+
+    cpus = allowed[:n]
+    result["runs"][key] = _run_threads(args, cpus, variants, overrides, partial)
+    if on_config is not None:
+      on_config(result)
   return result
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", default=os.path.join(HERE, "results", "train_throughput.json"))
+  parser.add_argument("--out", default="", help="default: benchmarks/results/train_throughput.json"
+                      " (with --micro: train_throughput_micro.json)")
   parser.add_argument("--configs", default="digits,shapes16,shapes32,cifar10")
   parser.add_argument("--quick", action="store_true", help="CPU-sized: small batches, 2 rounds")
   parser.add_argument("--rounds", type=int, default=None)
   parser.add_argument("--steps", type=int, default=3, help="timed steps per side per round")
-  parser.add_argument("--threads", type=int, default=0, help="CPUs for each side (0: all allowed)")
+  parser.add_argument("--threads", default="", help="comma-separated CPU counts, one run each, "
+                      "both sides pinned to the same first N allowed CPUs (default: all allowed)")
   parser.add_argument("--batch", action="append", default=[], help="CONFIG=B, overrides a batch size")
-  parser.add_argument("--variants", default="", help="weight_grad variants of ours (default: "
-                      "xla,shifted,im2col on CPU, auto on GPU)")
+  parser.add_argument("--variants", default="", help="Conv2D weight_grad variants of ours "
+                      "(default: xla,auto,matmul on CPU, auto on GPU; im2col also exists)")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--jax-flags", action="append", default=None, metavar="LABEL=XLA_FLAGS",
+                      help="an extra JAX worker with these XLA_FLAGS (CPU only), its jobs named "
+                      "<variant>@LABEL; default: " + " ".join(f"{k}={v}" for k, v in JAX_FLAG_SETS)
+                      + "; pass --jax-flags none for no extra worker")
+  parser.add_argument("--flag-variants", default="xla,auto",
+                      help="the weight_grad variants run by the extra JAX workers")
   parser.add_argument("--compilation-cache", default=os.path.join(
       tempfile.gettempdir(), "diffusion_jax_train_throughput_xla_cache"),
       help="JAX persistent compilation cache ('' for none); compile_s is a cache hit when warm")
+  parser.add_argument("--torch-omp-wait-policy", default="PASSIVE", help="OMP_WAIT_POLICY of the "
+                      "torch worker ('' leaves it unset); see the module docstring")
+  parser.add_argument("--micro", action="store_true", help="instead: the convolution weight-"
+                      "gradient microbenchmark (8, 16, 28, 32 px) of every method against torch")
+  parser.add_argument("--micro-batch", type=int, default=8)
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   parser.add_argument("--worker-cpus", help=argparse.SUPPRESS)
   parser.add_argument("--worker-opts", help=argparse.SUPPRESS)
@@ -509,6 +691,13 @@ def main():
     return
   if args.rounds is None:
     args.rounds = 2 if args.quick else 5
+  if args.jax_flags is None:
+    args.jax_flag_sets = list(JAX_FLAG_SETS)
+  else:
+    args.jax_flag_sets = [tuple(kv.split("=", 1)) for kv in args.jax_flags if kv != "none"]
+  if not args.out:
+    args.out = os.path.join(HERE, "results", "train_throughput_micro.json" if args.micro
+                            else "train_throughput.json")
   command = " ".join(sys.argv)
 
   def write(result):  # after every configuration, so a long run that is cut short keeps its part
@@ -516,7 +705,10 @@ def main():
     with open(args.out, "w") as f:
       json.dump({"command": command, **result}, f, indent=1)
 
-  write(run(args, on_config=write))
+  if args.micro:
+    write(run_micro(args))
+  else:
+    write(run(args, on_config=write))
   print(f"wrote {args.out}")
 
 

@@ -8,11 +8,12 @@ convention: for stride 1 it is lax's "SAME"). Its parameters are those of ``flax
 on which implementation computes it.
 
 The forward pass and the input gradient are always XLA's convolutions; ``weight_grad`` picks how
-the kernel gradient is computed. XLA:CPU lowers the weight gradient of a convolution (itself a
-convolution with the batch as the contracted dimension and the output cotangent as a large
-"kernel") through a path several times slower than PyTorch's CPU backend at 28-32 px; the same
-sum written as matrix products hands the work to XLA's GEMM instead. On GPU and TPU XLA's own
-convolution gradient is the fast one, hence ``weight_grad="auto"``.
+the kernel gradient is computed. On XLA:CPU (jaxlib 0.10.2, which hands convolutions to YNNPACK)
+the weight gradient of a 1x1 convolution was measured 5-7x slower than PyTorch's at 16-32 px, while
+the one matmul it is, x^T g, is on par with PyTorch; for 3x3 kernels XLA's gradient was 1.1-2x
+PyTorch's and the shifted-view matmuls no better overall (benchmarks/train_throughput.py --micro,
+benchmarks/results/train_throughput_micro.json). Hence ``weight_grad="auto"``: matmul for 1x1
+kernels on CPU, XLA's gradient otherwise; on GPU and TPU XLA's own convolutions are the fast path.
 """
 
 from __future__ import annotations
@@ -112,9 +113,10 @@ def resolve_weight_grad(weight_grad: str, kernel_size: Sequence[int] = (3, 3)) -
   """The method ``weight_grad`` stands for, for a kernel of spatial size ``kernel_size``.
 
   "auto" is "matmul" for 1x1 kernels on the CPU backend (there XLA's weight gradient of a 1x1
-  convolution was measured 4-10x slower than the one matmul it is) and "xla" otherwise (for 3x3
-  kernels XLA:CPU's gradient was on par with the matmul forms in whole training steps; on GPU and
-  TPU XLA's convolutions are the fast path). The backend is ``jax.default_backend()`` at trace time.
+  convolution was measured 4-7x slower than the one matmul it is) and "xla" otherwise (for 3x3
+  kernels the matmul forms were no faster than XLA:CPU's gradient, in single convolutions and in
+  whole training steps; on GPU and TPU XLA's convolutions are the fast path). The backend is
+  ``jax.default_backend()`` at trace time.
   """
   _checks.check_choice("weight_grad", weight_grad, WEIGHT_GRADS)
   if weight_grad == "auto":
