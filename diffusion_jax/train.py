@@ -18,7 +18,7 @@ updates them simultaneously or in turn (see its docstring).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence, Union
 
 import flax.struct
 import jax
@@ -114,9 +114,37 @@ def make_optimizer(learning_rate: float, *, warmup_steps: int = 0, decay_steps: 
   return optax.flatten(optax.chain(*transforms))
 
 
-def ema_update(ema_params, params, decay: float):
+def ema_update(ema_params, params, decay):
   """ema <- decay * ema + (1 - decay) * params (Polyak averaging; Song & Ermon 2020, Sec. 3.4)."""
   return optax.incremental_update(params, ema_params, step_size=1.0 - decay)
+
+
+EmaDecay = Union[float, Callable[[jax.Array], jax.Array]]
+
+
+def power_ema_decay(gamma: float, max_decay: float = 1.0) -> Callable[[jax.Array], jax.Array]:
+  """The power-function EMA of Karras et al. 2024 (EDM2, Sec. 3.1) as a decay schedule of the
+  update count t = 1, 2, ...: beta(t) = min(max_decay, (1 - 1/t)^(gamma + 1)).
+
+  Uncapped, the average after T updates weighs update s by (1 - beta(s)) (s / T)^(gamma + 1),
+  about (gamma + 1) s^gamma / T^(gamma + 1): a profile that scales with the run, so no weight is
+  left on the initialisation (a constant decay d leaves d^T on it: 30% after 600 steps at
+  d = 0.998). gamma = 6.94 is EDM2's relative width sigma_rel = 0.10.
+  """
+  if not gamma > 0:
+    raise ValueError(f"gamma must be > 0, got {gamma!r}.")
+  _check_ema_decay(max_decay)
+
+  def decay(t):
+    t = jnp.maximum(jnp.asarray(t, jnp.float32), 1.0)
+    return jnp.minimum(max_decay, (1.0 - 1.0 / t) ** (gamma + 1.0))
+
+  return decay
+
+
+def _ema_decay_at(ema_decay: EmaDecay, step: jax.Array):
+  """The decay of the update that makes ``step + 1`` updates (a schedule sees the count)."""
+  return ema_decay(step + 1) if callable(ema_decay) else ema_decay
 
 
 def record_fields(record) -> dict:
@@ -141,7 +169,9 @@ def _batch_size(batch) -> int:
   return sizes.pop()
 
 
-def _check_ema_decay(ema_decay: float) -> None:
+def _check_ema_decay(ema_decay: EmaDecay) -> None:
+  if callable(ema_decay):
+    return
   if not 0.0 <= ema_decay <= 1.0:
     raise ValueError(f"ema_decay must lie in [0, 1], got {ema_decay!r}.")
 
@@ -161,7 +191,7 @@ def _means(records: dict) -> dict:
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
-                    ema_decay: float) -> TrainStepFn:
+                    ema_decay: EmaDecay) -> TrainStepFn:
   """``train_step(state, batch, key) -> (state, metrics)``, pure.
 
   theta <- theta + optimizer(grad_theta (1/B) sum_i loss_fn(theta, frozen, example_i, key_i)),
@@ -185,14 +215,15 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema_update(state.ema_params, params, ema_decay))
+                              ema_params=ema_update(state.ema_params, params,
+                                                     _ema_decay_at(ema_decay, state.step)))
     return new_state, {**_means(records), "grad_norm": optax.tree.norm(grads)}
 
   return train_step
 
 
 def make_multi_train_step(players: Mapping[str, tuple[LossFn, optax.GradientTransformation]],
-                          ema_decay: float, *, order: Sequence[str] | None = None) -> TrainStepFn:
+                          ema_decay: EmaDecay, *, order: Sequence[str] | None = None) -> TrainStepFn:
   """One train step of a game between players, e.g. a GAN's generator and discriminator.
 
   ``state.params`` is a dict {player: tree}; ``players[p] = (loss_fn_p, optimizer_p)`` where
@@ -245,7 +276,8 @@ def make_multi_train_step(players: Mapping[str, tuple[LossFn, optax.GradientTran
       metrics.update({f"{n}/{k}": v for k, v in _means(grads[n][1]).items()})
       metrics[f"{n}/grad_norm"] = optax.tree.norm(grads[n][0])
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema_update(state.ema_params, params, ema_decay))
+                              ema_params=ema_update(state.ema_params, params,
+                                                     _ema_decay_at(ema_decay, state.step)))
     return new_state, metrics
 
   return train_step

@@ -151,6 +151,14 @@ def build_weighting(config: ml_collections.ConfigDict) -> Weighting:
   return _enum_member(Weighting, "config.training.weighting", config.training.weighting)
 
 
+def build_ema_decay(config: ml_collections.ConfigDict) -> train.EmaDecay:
+  """config.training.ema_decay, or with ema_power = gamma > 0 EDM2's power-function EMA
+  (``train.power_ema_decay``) with ema_decay as the cap of its decay."""
+  tc = config.training
+  gamma = tc.get("ema_power", 0.0)
+  return train.power_ema_decay(gamma, tc.ema_decay) if gamma else tc.ema_decay
+
+
 def build_optimizer(config: ml_collections.ConfigDict):
   """config.training -> (optax optimiser, its learning-rate schedule for logging)."""
   c = config.training
@@ -322,7 +330,7 @@ def _build_toy_method(config: ml_collections.ConfigDict) -> Method:
     if p > 0:  # the null label is trained too: the unconditional model of classifier-free guidance
       loss_fn = conditions.with_condition_dropout(loss_fn, p, null_cond, cond_key)
   optimizer, _ = build_optimizer(config)
-  train_step = train.make_train_step(loss_fn, optimizer, config.training.ema_decay)
+  train_step = train.make_train_step(loss_fn, optimizer, build_ema_decay(config))
   sampler, ts = build_sampler(config), np.asarray(build_time_grid(config, sde))
   denoise_final = build_denoise_final(config)
 

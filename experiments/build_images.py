@@ -209,7 +209,7 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
     loss_fn = conditions.with_condition_dropout(loss_fn, config.model.label_dropout, null_cond,
                                                 cond_key)
   optimizer, _ = build.build_optimizer(config)
-  train_step = train.make_train_step(loss_fn, optimizer, tc.ema_decay)
+  train_step = train.make_train_step(loss_fn, optimizer, build.build_ema_decay(config))
   sampler, ts = build.build_sampler(config), np.asarray(build.build_time_grid(config, sde))
   denoise_final = build.build_denoise_final(config)
 

@@ -16,7 +16,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import validate
+from experiments import cpu_flags, validate
 from experiments import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -42,6 +42,11 @@ flags.DEFINE_string("compilation_cache", "~/.cache/diffusion_jax/xla",
                     "JAX's persistent compilation cache directory: a rerun (resume, sample, "
                     "evaluate) reuses the compiled programs instead of compiling them again. An "
                     "empty string turns it off.")
+flags.DEFINE_enum("cpu_convolutions", "xla", ["xla", "ynnpack"],
+                  "Which library runs convolutions on XLA:CPU. xla (default): XLA's own, with "
+                  "YNNPACK kept to matrix products; ynnpack: jaxlib's default. On this project's "
+                  "2-core CPU the digits U-Net's train step (batch 128) took 0.55 s with xla and "
+                  "0.79 s with ynnpack. No effect on GPU or TPU.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -55,6 +60,12 @@ def _enable_compilation_cache() -> None:
   jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.compilation_cache))
   # Programs that compiled in under a second are cheaper to recompile than to read back.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _set_cpu_convolutions() -> None:
+  """--cpu_convolutions=xla: experiments/cpu_flags.py's XLA_FLAGS option, before JAX starts."""
+  if FLAGS.cpu_convolutions == "xla":
+    cpu_flags.use_xla_convolutions()
 
 
 def _join_job() -> None:
@@ -94,6 +105,7 @@ def main(argv) -> None:
   if not FLAGS["verbosity"].present:
     # Orbax logs dozens of INFO lines per checkpoint; keep the progress bar readable.
     logging.set_verbosity(logging.WARNING)
+  _set_cpu_convolutions()
   _enable_compilation_cache()
   try:
     config = _config()

@@ -152,6 +152,7 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   c.nonnegative("training.grad_clip_norm")  # 0: no clipping
   c.nonnegative("training.weight_decay")
   c.probability("training.ema_decay")
+  c.nonnegative("training.ema_power")
   c.positive("training.t_min")  # and < T: _check_times
   c.int("training.log_every")
   c.int("training.checkpoint_every")

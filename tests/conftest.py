@@ -3,8 +3,12 @@
 import os
 import pathlib
 
-# Must be set before JAX initialises its backends.
+# Must be set before JAX initialises its backends. The tests run convolutions on the runner's
+# path (experiments/cpu_flags.py), so a child experiments.main and this process compute alike.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from experiments import cpu_flags  # noqa: E402  (imports nothing from JAX)
+
+cpu_flags.use_xla_convolutions()
 
 import jax  # noqa: E402
 

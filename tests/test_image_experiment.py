@@ -21,11 +21,14 @@ def tiny_digits_config(classifier_dir):
 
   c = digits.get_config()
   m = c.model
-  m.model_channels, m.channel_mult, m.num_res_blocks, m.attn_resolutions = 8, (1, 2), 1, (4,)
+  # One level, no attention: the runner's test, not the network's (tests/test_unet.py covers
+  # levels and attention); every level and attention block adds to each of the five programs
+  # compiled here (train step, sampler, ODE likelihood, DDPM bound, classifier).
+  m.model_channels, m.channel_mult, m.num_res_blocks, m.attn_resolutions = 8, (1,), 1, ()
   t = c.training
   t.num_steps, t.batch_size, t.warmup_steps = 4, 16, 1
   t.log_every = t.checkpoint_every = t.sample_every = 2
-  t.sample_grid_size = 8
+  t.sample_grid_size = 32  # = sampling.batch_size: the grids and the evaluation share one program
   s = c.sampling
   s.num_steps, s.num_samples, s.batch_size = 3, 32, 32
   e = c.eval

@@ -69,6 +69,49 @@ def test_ema_update_closed_form():
                              rtol=1e-6)  # float32, ten steps
 
 
+
+@pytest.mark.parametrize("gamma", [1.0, 6.94])
+def test_power_ema_weighs_update_s_by_its_closed_form_and_leaves_nothing_on_the_init(gamma):
+  """EDM2's power EMA over T updates of scalar 'params' p_s = s-th basis vector: the average is
+  the weight vector itself, w_s = (1 - beta(s)) (s / T)^(gamma + 1), written out here from the
+  telescoping product; it sums to 1 and puts zero weight on the initial params."""
+  T = 40
+  decay = train.power_ema_decay(gamma)
+  ema = {"w": jnp.zeros(T + 1).at[0].set(1.0)}  # component 0 tracks the init's weight
+  for s in range(1, T + 1):
+    ema = train.ema_update(ema, {"w": jnp.zeros(T + 1).at[s].set(1.0)}, decay(s))
+  s = np.arange(1, T + 1, dtype=np.float64)
+  want = (1 - (1 - 1 / s) ** (gamma + 1)) * (s / T) ** (gamma + 1)
+  np.testing.assert_allclose(np.sum(want), 1.0, rtol=1e-12)  # telescoping: exact up to rounding
+  # float32: 40 multiply-adds of weights <= 1 (a few ulps each)
+  np.testing.assert_allclose(ema["w"][1:], want, rtol=1e-5, atol=1e-7)
+  assert float(ema["w"][0]) == 0.0  # beta(1) = 0: the first update replaces the init outright
+  capped = train.power_ema_decay(gamma, max_decay=0.5)
+  assert float(capped(1000)) == 0.5 and float(capped(1)) == 0.0
+
+
+def test_train_step_feeds_the_schedule_the_update_count():
+  """A schedule ema_decay(t) sees t = step + 1 (the number of updates once this one is made): at
+  step 0 the power EMA's beta(1) = 0 makes the EMA the updated params exactly."""
+  params, frozen, batch = _frozen_problem()
+  optimizer = train.make_optimizer(1e-2)
+  seen = []
+
+  def schedule(t):
+    seen.append(t)
+    return jnp.where(t == 1, 0.0, 0.5)
+
+  state = train.TrainState.create(params, optimizer, frozen=frozen)
+  step_fn = train.make_train_step(_frozen_loss_fn, optimizer, schedule)
+  first, _ = step_fn(state, batch, jr.key(0))
+  jax.tree.map(np.testing.assert_array_equal, first.ema_params, first.params)
+  second, _ = step_fn(first, batch, jr.key(0))
+  want = jax.tree.map(lambda e, p: 0.5 * e + 0.5 * p, first.ema_params, second.params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-6), second.ema_params, want)
+  assert [int(t) for t in seen] == [1, 2]
+  with pytest.raises(ValueError, match="gamma"):
+    train.power_ema_decay(0.0)
+
 def _dsm_loss_fn(params, frozen, example, key):
   """DSM with the simple weighting, written out (independent of diffusion_jax.losses)."""
   del frozen

@@ -1,5 +1,6 @@
-"""Every field an image experiment reads, with the digits U-Net's values; the image configs override
-a few of them. Not a config to run by itself (use digits.py, shapes16.py, mnist.py, cifar10_*.py).
+"""Every field an image experiment reads, with small-image defaults (the digits U-Net's network);
+the image configs override some of them (digits.py its training recipe). Not a config to run by
+itself (use digits.py, digits_ncsn.py, shapes16.py, mnist.py, cifar10_*.py).
 """
 
 import ml_collections
@@ -65,7 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
   tc.warmup_steps = 100
   tc.grad_clip_norm = 1.0
   tc.weight_decay = 0.0
-  tc.ema_decay = 0.998  # an averaging window of ~500 steps, for a 1,200-step run
+  tc.ema_decay = 0.998  # a constant decay (ema_power 0); digits.py uses the power EMA
   tc.weighting = "simple"
   tc.t_min = 1e-5
   tc.log_every = 100

@@ -55,6 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.grad_clip_norm = 1.0
   config.training.weight_decay = 0.0
   config.training.ema_decay = 0.999
+  # > 0: EDM2's power-function EMA with this exponent gamma (ema_decay caps its decay); 0: the
+  # constant decay ema_decay.
+  config.training.ema_power = 0.0
   config.training.weighting = "simple"  # One of: simple, likelihood.
   config.training.t_min = 1e-5
   config.training.log_every = 250
