@@ -17,6 +17,7 @@ stops with a message: a run never starts over silently.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging as py_logging
 import pathlib
 import shutil
@@ -60,19 +61,17 @@ def _step_dirs(directory: pathlib.Path) -> dict[int, pathlib.Path]:
   return {int(p.name): p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()}
 
 
-_SINGLE_REPLICA_WRITES = []
-
-
+@functools.cache
 def _write_one_replica_on_cpu() -> None:
   """On CPU, save each replicated array from one replica (orbax's ``ArrayHandler`` with
-  ``use_replica_parallel=False``), once per process.
+  ``use_replica_parallel=False``); cached, so it runs once per process.
 
   Orbax's default on CPU splits every replicated array into one slice per replica so the replicas
   write in parallel. On one host the replicas are one memory; each slice is an eager JAX ``slice``
   of its own shape, compiled on first use: with 8 host devices that was 4 of the 5 s a save of a
   two-layer MLP's train state took (732 slices). GPU and TPU keep orbax's default.
   """
-  if _SINGLE_REPLICA_WRITES or jax.default_backend() != "cpu":
+  if jax.default_backend() != "cpu":
     return
   level = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # orbax warns that it replaces its own jax.Array entry
@@ -81,7 +80,6 @@ def _write_one_replica_on_cpu() -> None:
         jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
   finally:
     logging.set_verbosity(level)
-  _SINGLE_REPLICA_WRITES.append(True)
 
 
 class Checkpoints:

@@ -69,7 +69,6 @@ def test_ema_update_closed_form():
                              rtol=1e-6)  # float32, ten steps
 
 
-
 @pytest.mark.parametrize("gamma", [1.0, 6.94])
 def test_power_ema_weighs_update_s_by_its_closed_form_and_leaves_nothing_on_the_init(gamma):
   """EDM2's power EMA over T updates of scalar 'params' p_s = s-th basis vector: the average is
@@ -91,8 +90,8 @@ def test_power_ema_weighs_update_s_by_its_closed_form_and_leaves_nothing_on_the_
 
 
 def test_train_step_feeds_the_schedule_the_update_count():
-  """A schedule ema_decay(t) sees t = step + 1 (the number of updates once this one is made): at
-  step 0 the power EMA's beta(1) = 0 makes the EMA the updated params exactly."""
+  """A schedule ema_decay(t) sees t = step + 1 (the number of updates once this one is made): one
+  that is 0 at t = 1, as the power EMA's beta(1), makes the first EMA the updated params exactly."""
   params, frozen, batch = _frozen_problem()
   optimizer = train.make_optimizer(1e-2)
   seen = []
@@ -111,6 +110,7 @@ def test_train_step_feeds_the_schedule_the_update_count():
   assert [int(t) for t in seen] == [1, 2]
   with pytest.raises(ValueError, match="gamma"):
     train.power_ema_decay(0.0)
+
 
 def _dsm_loss_fn(params, frozen, example, key):
   """DSM with the simple weighting, written out (independent of diffusion_jax.losses)."""

@@ -20,8 +20,7 @@ def get_config():
   config.model.name = "ncsn"
   config.model.time_embedding = "fourier"
   config.model.noise_scale = 1.0  # the network sees log sigma
-  config.training.loss = "dsm"
-  config.model.prediction = "eps"
+  config.training.loss = "dsm"  # with image_base's eps-prediction
   s = config.sampling
   s.sampler = "annealed_langevin"
   s.grid = "log_snr"  # geometric in sigma for VE
@@ -30,5 +29,4 @@ def get_config():
   s.langevin_step_lr = 2e-5  # eps_i = 2e-5 sigma_i^2 / sigma_min^2: 0.2 sigma_i^2 at every level
   s.denoise_final = "true"  # the last Tweedie step (Jolicoeur-Martineau et al. 2021)
   s.num_samples = 500
-  config.likelihood.num_samples = 100
   return config
