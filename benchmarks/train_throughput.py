@@ -100,11 +100,13 @@ PEAK_FLOPS = {"H200": {"bfloat16": 989e12, "float32": 495e12},
               "A100": {"bfloat16": 312e12, "float32": 156e12}}
 # jaxlib 0.10.2 hands XLA:CPU's dots, convolutions and reductions to YNNPACK by default. Its
 # convolution weight gradients can be pathological (a 3x3 64->64 one at 32 px, batch 32: 774 ms
-# against 64 ms on XLA's own Eigen path and 37 ms for the forward), while XLA's own column
-# reductions (bias gradients) are slow, so the extra worker keeps dots and reductions on YNNPACK
-# and takes convolutions off it.
-JAX_FLAG_SETS = [("ynn_no_conv", "--xla_cpu_experimental_ynn_fusion_type="
-                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE")]
+# against 64 ms on XLA's own Eigen path and 37 ms for the forward), so the extra worker runs with
+# the runner's setting (experiments/cpu_flags.py, what experiments.main uses on CPU by default):
+# only the matrix products on YNNPACK.
+sys.path.insert(0, ROOT)
+from experiments import cpu_flags  # noqa: E402  (imports nothing from JAX)
+
+JAX_FLAG_SETS = [("runner", cpu_flags.CONVOLUTIONS_ON_XLA)]
 LEARNING_RATE, EMA_DECAY, T_MIN, NOISE_SCALE = 2e-4, 0.999, 1e-5, 999.0
 BETA_MIN, BETA_MAX = 0.1, 20.0  # the library's VPSDE defaults
 

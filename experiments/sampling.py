@@ -85,6 +85,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
   (out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2))
   method.write_figure(out_dir / f"{stem}.png", plot,
                       f"{sc.sampler}, {len(ts) - 1} steps, NFE {summary['nfe_mean']:.0f}")
-  print(f"Checkpoint step {restored}, {summary['sampler']['repr']}: model vs exact data "
+  against = "held-out" if method.headline is not None else "exact"  # images: the test split
+  print(f"Checkpoint step {restored}, {summary['sampler']['repr']}: model vs {against} data "
         f"{train_lib.headline(summary, method)}. Wrote {out_dir / stem}.npz, .json and .png.")
   return summary

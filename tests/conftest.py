@@ -3,9 +3,15 @@
 import os
 import pathlib
 
-# Must be set before JAX initialises its backends. The tests run convolutions on the runner's
-# path (experiments/cpu_flags.py), so a child experiments.main and this process compute alike.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Must be set before JAX initialises its backends (child Pythons inherit them, so a child
+# experiments.main and this process compute alike):
+# - 8 forced host devices, for the sharded code;
+# - cheap code generation: compiling small programs is most of the suite's time, and XLA:CPU's
+#   LLVM optimisation is most of that (tests/test_likelihood.py and test_samplers.py took 839 s
+#   with it and 732 s without, fresh cache, -n 2 on 2 cores). XLA's own graph passes still run;
+# - convolutions on the runner's path (experiments/cpu_flags.py).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 from experiments import cpu_flags  # noqa: E402  (imports nothing from JAX)
 
 cpu_flags.use_xla_convolutions()

@@ -132,3 +132,37 @@ def test_cifar10_ddpmpp_config_builds_and_takes_one_step_at_batch_1():
   # rate warms up linearly from 0 over 5,000 steps).
   moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state.opt_state, before)
   assert any(jax.tree.leaves(moved))
+
+
+def test_image_figures_sample_the_workdir_and_reuse_its_points(digits_run, tmp_path):
+  import subprocess
+  import sys
+
+  from experiment_helpers import REPO, subprocess_env
+
+  config, workdir, _ = digits_run
+
+  def script(name, *args):
+    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "figures" / f"{name}.py"),
+                           f"--out={tmp_path}", *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+  script("image_quality_vs_nfe", f"--workdir={workdir}", "--samplers=ddim", "--nfes=2,3",
+         "--num=32")
+  payload = json.loads((tmp_path / "image_quality_vs_nfe_digits.json").read_text())
+  rows = payload["samplers"]["ddim"]["rows"]
+  assert [r["nfe"] for r in rows] == [2, 3]  # DDIM: one evaluation per step
+  # each point is the --mode=sample file of its settings, read back by the grid figure
+  for r in rows:
+    on_disk = json.loads((workdir / "samples" / (
+        f"ddim-eta0_time_quadratic_{r['num_steps']}steps_tmin0.001_n32_step4.json")).read_text())
+    assert on_disk["fd_pixels"] == r["fd_pixels"]
+  out = script("image_sample_grids", f"--workdirs={workdir}", "--samplers=ddim", "--nfe=3",
+               "--num=32", "--shown=16")
+  assert "ddim at 3 NFE: read" in out
+  assert (tmp_path / "image_sample_grids_digits.png").stat().st_size > 1000
+  grids = json.loads((tmp_path / "image_sample_grids_digits.json").read_text())
+  assert grids["runs"][0]["samplers"]["ddim"]["fd_pixels_ratio"] == pytest.approx(
+      rows[1]["fd_pixels"] / rows[1]["fd_pixels_floor"])
