@@ -69,23 +69,38 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from experiments import cpu_flags  # noqa: E402  (imports nothing from JAX)
 REPLY = "@@reply "  # prefix of a worker's answer lines on stdout
 # See the module docstring and benchmarks/sampler_speed.py: a fixed 32 MiB mmap threshold and no
 # trimming, for both sides.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
-# The networks. digits and shapes16 mirror experiments/configs (digits.py via image_base.py,
-# shapes16.py); shapes32 is the 32x32 shapes network (a fourth level at the same width);
-# cifar10 is DDPM++ (cont.) of Song et al. 2021 (score_sde configs/vp/cifar10_ddpmpp_continuous:
-# nf 128, ch_mult (1, 2, 2, 2), 4 blocks per level, attention at 16, dropout 0.1), built by the
-# library's ``nets.unet.ddpmpp_cifar10()`` (checked field by field against this entry).
+# The networks. digits and shapes16 are read from experiments/configs (digits.py, shapes16.py), so
+# they are the networks those jobs train; shapes32 is the 32x32 shapes network (a fourth level at
+# the same width, attention at 8); cifar10 is DDPM++ (cont.) of Song et al. 2021 (score_sde
+# configs/vp/cifar10_ddpmpp_continuous: nf 128, ch_mult (1, 2, 2, 2), 4 blocks per level, attention
+# at 16, dropout 0.1), built by the library's ``nets.unet.ddpmpp_cifar10()`` (checked field by
+# field against this entry).
+
+
+def _job_network(config_module: str) -> dict:
+  import importlib
+
+  from experiments.build_images import image_shape
+
+  config = importlib.import_module(f"experiments.configs.{config_module}").get_config()
+  m = config.model
+  return dict(image=image_shape(config), model_channels=m.model_channels,
+              channel_mult=tuple(m.channel_mult), num_res_blocks=m.num_res_blocks,
+              attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout)
+
+
 CONFIGS = {
-    "digits": dict(image=(8, 8, 1), model_channels=64, channel_mult=(1, 2), num_res_blocks=2,
-                   attn_resolutions=(4,), dropout=0.1),
-    "shapes16": dict(image=(16, 16, 3), model_channels=32, channel_mult=(1, 2, 2),
-                     num_res_blocks=2, attn_resolutions=(4,), dropout=0.1),
-    "shapes32": dict(image=(32, 32, 3), model_channels=32, channel_mult=(1, 2, 2, 2),
-                     num_res_blocks=2, attn_resolutions=(8,), dropout=0.1),
+    "digits": _job_network("digits"),
+    "shapes16": _job_network("shapes16"),
+    "shapes32": dict(_job_network("shapes16"), image=(32, 32, 3), channel_mult=(1, 2, 2, 2),
+                     attn_resolutions=(8,)),
     "cifar10": dict(image=(32, 32, 3), model_channels=128, channel_mult=(1, 2, 2, 2),
                     num_res_blocks=4, attn_resolutions=(16,), dropout=0.1,
                     library_config="ddpmpp_cifar10"),
@@ -103,8 +118,6 @@ PEAK_FLOPS = {"H200": {"bfloat16": 989e12, "float32": 495e12},
 # against 64 ms on XLA's own Eigen path and 37 ms for the forward), so the extra worker runs with
 # the runner's setting (experiments/cpu_flags.py, what experiments.main uses on CPU by default):
 # only the matrix products on YNNPACK.
-sys.path.insert(0, ROOT)
-from experiments import cpu_flags  # noqa: E402  (imports nothing from JAX)
 
 JAX_FLAG_SETS = [("runner", cpu_flags.CONVOLUTIONS_ON_XLA)]
 LEARNING_RATE, EMA_DECAY, T_MIN, NOISE_SCALE = 2e-4, 0.999, 1e-5, 999.0

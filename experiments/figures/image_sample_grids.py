@@ -42,7 +42,7 @@ def main(argv):
   nrow = int(np.ceil(np.sqrt(args.shown)))
   plt = _common.pyplot()
   fig, axes = plt.subplots(len(runs), len(names), squeeze=False,
-                           figsize=(2.6 * len(names), 2.9 * len(runs)))
+                           figsize=(2.6 * len(names), 3.3 * len(runs)))
   payload = {"nfe": args.nfe, "num": args.num, "runs": []}
   for row, (workdir, config, step) in enumerate(runs):
     sde = _image_sweep.SDE_NAMES.get(config.sde.name, config.sde.name)
@@ -68,7 +68,7 @@ def main(argv):
     payload["runs"].append(entry)
   data = {c.data.name for _, c, _ in runs}
   fig.suptitle(f"{', '.join(sorted(data))}: {args.shown} of {args.num} samples per panel")
-  fig.tight_layout()
+  fig.tight_layout(h_pad=1.2)  # room for the two-line titles of the row below
   _common.write(args.out, f"image_sample_grids_{'_'.join(sorted(data))}", fig, payload)
 
 
