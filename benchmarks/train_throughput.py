@@ -57,6 +57,7 @@ Writes one JSON file; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -96,15 +97,22 @@ def _job_network(config_module: str) -> dict:
               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout)
 
 
-CONFIGS = {
-    "digits": _job_network("digits"),
-    "shapes16": _job_network("shapes16"),
-    "shapes32": dict(_job_network("shapes16"), image=(32, 32, 3), channel_mult=(1, 2, 2, 2),
-                     attn_resolutions=(8,)),
-    "cifar10": dict(image=(32, 32, 3), model_channels=128, channel_mult=(1, 2, 2, 2),
-                    num_res_blocks=4, attn_resolutions=(16,), dropout=0.1,
-                    library_config="ddpmpp_cifar10"),
-}
+@functools.cache
+def networks() -> dict:
+  """name -> network fields. Built on first use, in the parent only: reading the job configs
+  imports the library (and JAX), which the torch worker must not load; workers get their network
+  in their job's arguments."""
+  return {
+      "digits": _job_network("digits"),
+      "shapes16": _job_network("shapes16"),
+      "shapes32": dict(_job_network("shapes16"), image=(32, 32, 3), channel_mult=(1, 2, 2, 2),
+                       attn_resolutions=(8,)),
+      "cifar10": dict(image=(32, 32, 3), model_channels=128, channel_mult=(1, 2, 2, 2),
+                      num_res_blocks=4, attn_resolutions=(16,), dropout=0.1,
+                      library_config="ddpmpp_cifar10"),
+  }
+
+
 # Batch sizes: (CPU, --quick CPU, GPU).
 BATCHES = {"digits": (128, 32, 1024), "shapes16": (64, 16, 512), "shapes32": (32, 8, 256),
            "cifar10": (8, 2, 128)}
@@ -532,7 +540,7 @@ def _run_threads(args, cpus, variants, overrides, on_config):
         f"peer: {'diffusers' if peer else missing}", flush=True)
   try:
     for name in args.configs.split(","):
-      config = CONFIGS[name]
+      config = networks()[name]
       batch = int(overrides.get(name, BATCHES[name][2 if gpu else 1 if args.quick else 0]))
       entry = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
                "batch": batch, "jax": {}, "torch": None}

@@ -110,6 +110,8 @@ def point(config, workdir, step: int, sampler: str, nfe: int, num: int) -> dict:
 
 def images_in_unit_range(config, npz_path) -> np.ndarray:
   """The samples of a point as (N, H, W, C) floats in [0, 1] (their data levels / (L - 1))."""
+  from experiments.build_images import num_levels
+
   with np.load(npz_path) as d:
     levels = d["data"]
-  return levels.astype(np.float32) / (config.likelihood.num_levels - 1)
+  return levels.astype(np.float32) / (num_levels(config) - 1)
