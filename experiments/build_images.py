@@ -157,30 +157,53 @@ def _check_image_conditioning(config, train_set) -> int:
   return num_classes
 
 
-def evaluation_classifier(config: ml_collections.ConfigDict, train_set, test_set):
-  """The data's evaluation classifier (trained once with a fixed seed, then read from the cache)."""
+def _classifier_config(config: ml_collections.ConfigDict):
   from experiments import classifier as classifier_lib
 
-  clf_config = classifier_lib.ClassifierConfig(num_steps=config.eval.classifier_steps)
-  return classifier_lib.load_or_train(config.data.name, train_set, test_set, clf_config,
-                                      cache_dir=config.eval.classifier_dir or None)
+  return classifier_lib.ClassifierConfig(num_steps=config.eval.classifier_steps)
+
+
+def evaluation_classifier(config: ml_collections.ConfigDict, train_set, test_set):
+  """The data's evaluation classifier (trained once with a fixed seed, then read from the cache);
+  for the shapes, the shape reader of ``experiments/evaluate/factors.py``."""
+  cache_dir = config.eval.classifier_dir or None
+  if config.data.name == "shapes":
+    from experiments.evaluate import factors
+
+    return factors.readers(config.data.name, train_set, test_set, _classifier_config(config),
+                           factors=("shape",), cache_dir=cache_dir)["shape"]
+  from experiments import classifier as classifier_lib
+
+  return classifier_lib.load_or_train(config.data.name, train_set, test_set,
+                                      _classifier_config(config), cache_dir=cache_dir)
 
 
 def evaluate_samples(config: ml_collections.ConfigDict, draw, train_set, test_set,
                      num_classes: int):
   """Sample quality next to the floors (``experiments/evaluate/images.py``), in pixels, the
-  evaluation classifier's features and (config.eval.features="inception") Inception-v3's."""
+  evaluation classifier's features and (config.eval.features="inception") Inception-v3's; for
+  data with known factors (the shapes), what each factor's reader sees in the samples
+  (``experiments/evaluate/factors.py``)."""
   from experiments.evaluate import images as evaluate_images
 
   classifier = evaluation_classifier(config, train_set, test_set)
   e = config.eval
   inception = e.inception_weights if e.features == "inception" else None
-  return evaluate_images.evaluate(
+  summary, plot = evaluate_images.evaluate(
       draw, train_set, test_set,
       feature_fns=evaluate_images.feature_strategies(classifier, inception),
       num_samples=config.sampling.num_samples, num_floor_splits=e.floor_repeats,
       classifier=classifier, num_classes=num_classes, seed=config.seed,
       confidence=e.confidence)
+  if config.data.name == "shapes" and summary["num_scored"]:
+    from experiments.evaluate import factors
+
+    readers = factors.readers(config.data.name, train_set, test_set, _classifier_config(config),
+                              cache_dir=e.classifier_dir or None)
+    summary.update(factors.factor_scores(plot["samples"], train_set, test_set, readers,
+                                         num_floor_splits=e.floor_repeats,
+                                         confidence=e.confidence, seed=config.seed))
+  return summary, plot
 
 
 def build_image_method(config: ml_collections.ConfigDict) -> Method:
@@ -271,6 +294,7 @@ def image_headline(summary: dict) -> str:
                    f" +- {summary[f'fd_{space}_floor_std']:.2g}, "
                    f"{summary[f'fd_{space}'] / summary[f'fd_{space}_floor']:.2f}x)")
   for key, name, fmt in (("confident_fraction", "confident", ".1%"),
+                         ("valid_fraction", "valid (every factor read confidently)", ".1%"),
                          ("class_entropy_bits", "class entropy (bits)", ".3f"),
                          ("copy_fraction", "copies", ".1%"),
                          ("bits_per_dim", "bits/dim", ".3f"),

@@ -265,3 +265,27 @@ def test_shapes_captions_parse_back_to_the_factors(shapes32):
   for bad in ("a small red circle", "a small red circle rotated 10 degrees at top left"):
     with pytest.raises(ValueError, match="not a shapes caption"):
       shapes.parse_caption(bad)
+
+
+def test_shapes_visible_rotation_groups_exactly_the_rotations_that_render_alike():
+  """Two rotations of one shape render the same image (up to edge subsamples) exactly when
+  visible_rotation maps them to one class: the symmetry table against the renderer."""
+  res, k = 32, len(shapes.ROTATIONS_DEG)
+  for s, name in enumerate(shapes.SHAPES):
+    factors = {"shape": np.full(k, s), "colour": np.zeros(k, int), "scale": np.full(k, 2),
+               "rotation": np.arange(k), "x": np.full(k, 2), "y": np.full(k, 3)}
+    images = shapes.render(factors, res)[..., 0].astype(np.float64)
+    visible = shapes.visible_rotation(factors["shape"], factors["rotation"])
+    diff = np.abs(images[:, None] - images[None]).mean(axis=(2, 3))  # mean |difference|, levels
+    if name == "circle":
+      assert np.all(visible == -1)
+      # No class to tell apart: edge subsamples flipped by float32 rounding move well under one
+      # level of 255 on average.
+      assert diff.max() < 1.0
+      continue
+    same = visible[:, None] == visible[None]
+    # Renders of one class differ only at subsample points within float32 rounding of an edge;
+    # two classes differ by a visible turn: the largest "same" gap is below the smallest other.
+    assert diff[same].max() < diff[~same].min(), name
+  degrees = np.asarray(shapes.VISIBLE_ROTATIONS_DEG)
+  assert degrees[shapes.visible_rotation(np.array([0, 2]), np.array([3, 3]))].tolist() == [45, 15]

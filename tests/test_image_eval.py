@@ -1,7 +1,10 @@
 """The evaluation classifier and the image evaluation (floors, class metrics, copy check, grids)."""
 
 import dataclasses
+import importlib
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +16,11 @@ import pytest
 from diffusion_jax import metrics
 from diffusion_jax.data import digits
 from diffusion_jax.nets import Classifier, init_classifier
+from experiment_helpers import REPO, subprocess_env
 from experiments import classifier as classifier_lib
 from experiments.evaluate import images as images_eval
+
+shapes_lib = importlib.import_module("diffusion_jax.data.shapes")  # (data.shapes is the constructor)
 
 
 def _digits():
@@ -237,3 +243,111 @@ def test_grids(tmp_path, data):
   images_eval.save_grid(tmp_path / "rgb.png", rgb, title="rgb", ncols=5)
   with pytest.raises(ValueError, match="NHWC"):
     images_eval.save_grid(tmp_path / "bad.png", x[0], title="bad")
+
+
+# --- the shapes' factor readers ------------------------------------------------------------------
+
+class _OracleReader:
+  """A reader that knows every image of the data: one-hot probabilities of its true label."""
+
+  def __init__(self, images, labels, num_classes):
+    self.test_accuracy = 1.0
+    self._num_classes = num_classes
+    self._labels = {}
+    for image, label in zip(images, labels):
+      self._labels.setdefault(image.tobytes(), label)
+
+  def probs(self, x):
+    from diffusion_jax.data import model_to_levels
+
+    levels = np.asarray(model_to_levels(np.asarray(x), 256), np.uint8)
+    out = np.zeros((len(levels), self._num_classes))
+    for i, image in enumerate(levels):
+      out[i, self._labels[image.tobytes()]] = 1.0
+    return out
+
+
+def test_factor_scores_read_what_oracle_readers_know(tmp_path):
+  """With readers that know the data, the scores of chosen test images are exact counts: the red
+  images read as all red (TV to the data = 1 - the data's red share), their shapes and positions
+  as counted, rotation only where the shape is no circle, every one valid."""
+  from diffusion_jax.data import shapes
+  from experiments.evaluate import factors
+
+  train, test = shapes(400, split="train"), shapes(300, split="test")
+  images = np.concatenate([train.images, test.images])
+  truth = {k: np.concatenate([train.factors[k], test.factors[k]]) for k in train.factors}
+  truth["rotation"] = np.maximum(shapes_lib.visible_rotation(truth["shape"], truth["rotation"]), 0)
+  readers = {f: _OracleReader(images, truth[f], len(factors.reader_dataset(test, f).class_names))
+             for f in factors.FACTORS}
+  red = np.flatnonzero(test.factors["colour"] == 0)
+  scores = factors.factor_scores(test.to_model()[red], train, test, readers, num_floor_splits=3)
+  colour = scores["factors"]["colour"]
+  np.testing.assert_allclose(colour["histogram"], np.eye(6)[0])
+  data_share = np.bincount(test.factors["colour"], minlength=6) / len(test)
+  np.testing.assert_allclose(colour["data_histogram"], data_share)
+  np.testing.assert_allclose(colour["true_histogram"], data_share)
+  assert colour["tv"] == pytest.approx(1 - data_share[0])
+  for f in ("shape", "scale", "x", "y"):
+    k = len(scores["factors"][f]["classes"])
+    np.testing.assert_allclose(scores["factors"][f]["histogram"],
+                               np.bincount(test.factors[f][red], minlength=k) / len(red))
+  visible = shapes_lib.visible_rotation(test.factors["shape"][red], test.factors["rotation"][red])
+  np.testing.assert_allclose(scores["factors"]["rotation"]["histogram"],
+                             np.bincount(visible[visible >= 0], minlength=13) / (visible >= 0).sum())
+  assert scores["valid_fraction"] == 1.0 and scores["valid_fraction_floor"] == 1.0
+  # The floor compares training subsets with the same test set: near zero, never negative.
+  assert 0 < colour["tv_floor"] < colour["tv"]
+  # The figure script draws them from the summary JSON, and refuses a summary without factors.
+  summary = tmp_path / "summary.json"
+  summary.write_text(json.dumps({"num_scored": len(red), **scores}))
+  script = [sys.executable, str(REPO / "experiments" / "figures" / "shape_factors.py")]
+  proc = subprocess.run([*script, f"--summary={summary}", f"--out={tmp_path}"], cwd=REPO,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert (tmp_path / "shape_factors.png").stat().st_size > 1000
+  drawn = json.loads((tmp_path / "shape_factors.json").read_text())
+  assert drawn["factors"]["colour"]["tv"] == colour["tv"]
+  summary.write_text(json.dumps({"num_scored": 3}))
+  proc = subprocess.run([*script, f"--summary={summary}", f"--out={tmp_path}"], cwd=REPO,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "has no 'factors' entry" in proc.stderr
+  with pytest.raises(ValueError, match="factor_readers must hold a reader for each"):
+    factors.factor_scores(test.to_model()[red], train, test, {"shape": readers["shape"]})
+  with pytest.raises(ValueError, match="must be a shapes ImageDataset with factors"):
+    factors.factor_scores(test.to_model()[red], _digits()[0], test, readers)
+
+
+def test_shapes_evaluation_trains_a_reader_per_factor(tmp_path, monkeypatch):
+  """The shapes evaluation end to end on real (tiny) readers: one cached classifier per factor,
+  colour on RGB, the rest on the coverage, x and y without shifts; the test set scored as if it
+  were a model's samples lies at its own level."""
+  from experiments import build_images
+  from experiments.configs import shapes16
+  from experiments.evaluate import factors
+
+  config = shapes16.get_config()
+  config.data.num_train, config.data.num_test = 300, 100
+  config.sampling.num_samples, config.eval.floor_repeats = 100, 2
+  config.eval.classifier_dir = str(tmp_path)
+  tiny = dataclasses.replace(_TINY, num_steps=60)
+  monkeypatch.setattr(build_images, "_classifier_config", lambda config: tiny)
+  train, test = build_images.build_image_data(config)
+  draw = lambda num, cond: {"x": test.to_model()[:num], "nfe": np.zeros(num)}
+  summary, _ = build_images.evaluate_samples(config, draw, train, test, 0)
+  cached = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.glob("*.json"))
+  assert cached == sorted(f"shapes-{f}" for f in factors.FACTORS)  # the shape reader: one entry
+  readers = factors.readers("shapes", train, test, tiny, cache_dir=tmp_path)
+  for f, reader in readers.items():
+    assert reader.info["cache"] == "hit"
+    assert reader.info["input"] == ("rgb" if f == "colour" else "coverage")
+    assert reader.info["config"]["max_shift"] == (0 if f in ("x", "y") else tiny.max_shift)
+  # The colour is a linear read of the channel means: even 60 tiny steps learn it.
+  assert summary["factors"]["colour"]["reader_test_accuracy"] >= 0.9
+  assert summary["classifier_test_accuracy"] == readers["shape"].test_accuracy
+  for f in factors.FACTORS:
+    entry = summary["factors"][f]
+    np.testing.assert_allclose(entry["histogram"], entry["data_histogram"])  # the same images
+    # (a 60-step reader may read one class for every image, so its floor can be zero)
+    assert entry["tv"] == 0.0 and entry["tv_floor"] >= 0.0
+  assert 0.0 <= summary["valid_fraction"] <= 1.0

@@ -63,6 +63,10 @@ TRIANGLE_CIRCUMRADIUS = 1.15
 HEART_SCALE = 0.74
 HEART_CENTROID = 0.293481  # centroid height of {(a^2 + b^2 - 1)^3 <= a^2 b^3} (16000^2 grid)
 HEART_AREA = 3.661976  # its area, same grid
+# The smallest rotation mapping each unit shape onto itself (None: every rotation does).
+ROTATION_PERIOD_DEG = {"square": 90, "circle": None, "triangle": 120, "heart": 360}
+# What an image shows of the rotation: its angle modulo the shape's period (visible_rotation).
+VISIBLE_ROTATIONS_DEG = tuple(sorted({d % p for p in (90, 120, 360) for d in ROTATIONS_DEG}))
 
 
 def unit_area(shape: str) -> float:
@@ -157,6 +161,17 @@ def render(factors: dict, resolution: int = 16, *, chunk: int = 256) -> np.ndarr
   # Palette channels are 0 or 255, so round(c x coverage) = (c / 255) round(255 coverage).
   channels = (np.asarray(list(COLOURS.values()), np.uint8) // 255)[factors["colour"]]  # (N, 3)
   return coverage[inverse.reshape(-1)][..., None] * channels[:, None, None, :]
+
+
+def visible_rotation(shape, rotation) -> np.ndarray:
+  """The rotation an image shows: index into ``VISIBLE_ROTATIONS_DEG`` of the angle modulo the
+  shape's period (square 90, triangle 120, heart 360 degrees), or -1 for a circle (no visible
+  rotation). E.g. a square at 135 degrees shows 45; a triangle at 135 shows 15."""
+  shape, rotation = np.asarray(shape), np.asarray(rotation)
+  degrees = np.asarray(ROTATIONS_DEG)[rotation]
+  period = np.asarray([ROTATION_PERIOD_DEG[s] or 1 for s in SHAPES])[shape]
+  index = np.searchsorted(VISIBLE_ROTATIONS_DEG, degrees % period)
+  return np.where(shape == SHAPES.index("circle"), -1, index).astype(np.int32)
 
 
 def factor_values(factors: dict) -> dict[str, np.ndarray]:
