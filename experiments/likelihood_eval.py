@@ -209,10 +209,43 @@ def output_stem(config: ml_collections.ConfigDict, sde, step: int) -> str:
   return "_".join(parts)
 
 
+def _run_images(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, step) -> dict:
+  """An image model's test-set bits/dim, as the end of training reports it (``image_bits_per_dim``:
+  the PF-ODE and, for VP, the DDPM bound), on the checkpoint; DIR/likelihood/image-<stem>.json."""
+  from experiments import build_images
+
+  score_fn, sde, state = run_lib.restore_model(config, workdir, step=step)
+  _, test_set = build_images.build_image_data(config)
+  summary = image_bits_per_dim(config, score_fn, sde, test_set, progress=jax.process_index() == 0)
+  if jax.process_index() != 0:
+    return {}
+  step = int(np.asarray(jax.device_get(state.step)))
+  ode = ml_collections.ConfigDict(config.to_dict())  # the settings image_bits_per_dim scores with
+  ode.likelihood.estimator, ode.likelihood.num_levels = "ode", test_set.num_levels
+  ode.likelihood.data_range = (-1.0, 1.0)
+  stem = f"image-{output_stem(ode, sde, step)}"
+  if "bits_per_dim_ddpm_bound" in summary:
+    stem += f"_bound-steps{config.likelihood.elbo_steps}"
+  summary = {"checkpoint_step": step, "sde": type(sde).__name__, **summary}
+  out_dir = workdir / "likelihood"
+  out_dir.mkdir(parents=True, exist_ok=True)
+  (out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+  bound = (f", DDPM bound {summary['bits_per_dim_ddpm_bound']:.4f} +- "
+           f"{summary['bits_per_dim_ddpm_bound_se']:.4f}" if "bits_per_dim_ddpm_bound" in summary
+           else "")
+  print(f"Step {step}: test bits/dim of {summary['bits_per_dim_settings']['num_test_examples']} "
+        f"images {summary['bits_per_dim']:.4f} +- {summary['bits_per_dim_se']:.4f} (PF-ODE)"
+        f"{bound}.\nWrote {out_dir / stem}.json.")
+  return summary
+
+
 def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) -> dict:
   """Restore the EMA model (latest checkpoint, or ``step``), estimate the test-set
-  log-likelihood, write DIR/likelihood/<output_stem>.json and .npz, print the headline."""
+  log-likelihood, write DIR/likelihood/<output_stem>.json and .npz, print the headline (images:
+  ``_run_images``)."""
   workdir = pathlib.Path(workdir)
+  if config.data.name in build.IMAGE_DATASETS:
+    return _run_images(config, workdir, step=step)
   score_fn, sde, state = run_lib.restore_model(config, workdir, step=step)
   dataset = build.build_dataset(config)
   c = config.likelihood

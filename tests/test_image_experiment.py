@@ -166,3 +166,18 @@ def test_image_figures_sample_the_workdir_and_reuse_its_points(digits_run, tmp_p
   grids = json.loads((tmp_path / "image_sample_grids_digits.json").read_text())
   assert grids["runs"][0]["samplers"]["ddim"]["fd_pixels_ratio"] == pytest.approx(
       rows[1]["fd_pixels"] / rows[1]["fd_pixels_floor"])
+
+
+def test_eval_likelihood_mode_scores_an_image_checkpoint_as_training_did(digits_run, capsys):
+  """--mode=eval_likelihood on an image run gives the end-of-training bits/dim: same checkpoint,
+  same test images, same settings, so the same numbers (the ODE's Hutchinson probes and the
+  bound's noise come from fixed keys)."""
+  from experiments import likelihood_eval
+
+  config, workdir, summary = digits_run
+  out = likelihood_eval.run(config, workdir)
+  for key in ("bits_per_dim", "bits_per_dim_ddpm_bound"):
+    assert out[key] == pytest.approx(summary[key], rel=1e-6), key  # (one program, same inputs)
+  written = list((workdir / "likelihood").glob("image-*.json"))
+  assert len(written) == 1 and json.loads(written[0].read_text())["checkpoint_step"] == 4
+  assert "test bits/dim of 8 images" in capsys.readouterr().out

@@ -26,8 +26,8 @@ def get_config():
   tc.checkpoint_every = tc.sample_every = 500
   s = config.sampling
   s.sampler, s.grid, s.num_steps = "ancestral", "time_uniform", 40  # + the final Tweedie step
-  # The factor readers (experiments/evaluate/factors.py) on the coverage: the shape and the visible
-  # rotation readers reached 100% / 97% training accuracy only after about 400 / 500 steps.
+  # The factor readers (experiments/evaluate/factors.py): after 400 steps the shape and visible
+  # rotation readers scored 98.7% and 52.9% on the 2,000 test renders, after 800 every reader 100%.
   config.eval.classifier_steps = 800
   config.likelihood.num_levels = 256
   config.likelihood.num_samples = 100
