@@ -163,19 +163,25 @@ def _classifier_config(config: ml_collections.ConfigDict):
   return classifier_lib.ClassifierConfig(num_steps=config.eval.classifier_steps)
 
 
+def _shape_readers(config: ml_collections.ConfigDict, train_set, test_set, factors=None) -> dict:
+  """The shapes' factor readers (``experiments/evaluate/factors.py``), all or ``factors``."""
+  from experiments.evaluate import factors as factors_lib
+
+  return factors_lib.readers(config.data.name, train_set, test_set, _classifier_config(config),
+                             factors=factors or factors_lib.FACTORS,
+                             cache_dir=config.eval.classifier_dir or None)
+
+
 def evaluation_classifier(config: ml_collections.ConfigDict, train_set, test_set):
   """The data's evaluation classifier (trained once with a fixed seed, then read from the cache);
   for the shapes, the shape reader of ``experiments/evaluate/factors.py``."""
-  cache_dir = config.eval.classifier_dir or None
   if config.data.name == "shapes":
-    from experiments.evaluate import factors
-
-    return factors.readers(config.data.name, train_set, test_set, _classifier_config(config),
-                           factors=("shape",), cache_dir=cache_dir)["shape"]
+    return _shape_readers(config, train_set, test_set, ("shape",))["shape"]
   from experiments import classifier as classifier_lib
 
   return classifier_lib.load_or_train(config.data.name, train_set, test_set,
-                                      _classifier_config(config), cache_dir=cache_dir)
+                                      _classifier_config(config),
+                                      cache_dir=config.eval.classifier_dir or None)
 
 
 def evaluate_samples(config: ml_collections.ConfigDict, draw, train_set, test_set,
@@ -186,7 +192,9 @@ def evaluate_samples(config: ml_collections.ConfigDict, draw, train_set, test_se
   (``experiments/evaluate/factors.py``)."""
   from experiments.evaluate import images as evaluate_images
 
-  classifier = evaluation_classifier(config, train_set, test_set)
+  # The shapes: every factor's reader, the shape reader being the evaluation classifier.
+  readers = _shape_readers(config, train_set, test_set) if config.data.name == "shapes" else None
+  classifier = readers["shape"] if readers else evaluation_classifier(config, train_set, test_set)
   e = config.eval
   inception = e.inception_weights if e.features == "inception" else None
   summary, plot = evaluate_images.evaluate(
@@ -195,11 +203,9 @@ def evaluate_samples(config: ml_collections.ConfigDict, draw, train_set, test_se
       num_samples=config.sampling.num_samples, num_floor_splits=e.floor_repeats,
       classifier=classifier, num_classes=num_classes, seed=config.seed,
       confidence=e.confidence)
-  if config.data.name == "shapes" and summary["num_scored"]:
+  if readers and summary["num_scored"]:
     from experiments.evaluate import factors
 
-    readers = factors.readers(config.data.name, train_set, test_set, _classifier_config(config),
-                              cache_dir=e.classifier_dir or None)
     summary.update(factors.factor_scores(plot["samples"], train_set, test_set, readers,
                                          num_floor_splits=e.floor_repeats,
                                          confidence=e.confidence, seed=config.seed))
