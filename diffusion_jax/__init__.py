@@ -3,12 +3,14 @@
 The public API, re-exported explicitly; each module's docstring explains its part.
 """
 
-from diffusion_jax import (analytic, conditions, data, likelihood, losses, metrics, nets,
-                           parameterization, samplers, sampling, schedules, sde, sdes, simulate,
+from diffusion_jax import (analytic, conditions, data, guidance, likelihood, losses, metrics,
+                           nets, parameterization, samplers, sampling, schedules, sde, sdes, simulate,
                            train)
 from diffusion_jax.analytic import (ConditionalDiffusedMixture, DiffusedMixture, GaussianMixture,
                                     random_mixture)
 from diffusion_jax.conditions import drop_condition, null_label, with_condition_dropout
+from diffusion_jax.guidance import (Autoguidance, ClassifierFreeGuidance, ClassifierGuidance,
+                                    NoiseInterval)
 from diffusion_jax.likelihood import (ExactDivergence, GivenProbes, Hutchinson, InSigma, InTime,
                                       Probe,
                                       bits_per_dim, ddpm_elbo, decode, encode, log_likelihood,
@@ -19,8 +21,9 @@ from diffusion_jax.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmb
 from diffusion_jax.parameterization import EDMPrecond, NetworkScore, Prediction, convert
 from diffusion_jax.samplers import (DDIM, IPNDM, AbstractSampler, AdaptiveODE, Ancestral,
                                     AnnealedLangevin, Chain, DPMSolverPP, EDMStochastic, Euler,
-                                    EulerMaruyama, Heun, Inpaint, Langevin, PredictorCorrector,
-                                    ReverseDiffusion, UniPC)
+                                    EulerMaruyama, Heun, Inpaint, Langevin, PosteriorSampling,
+                                    PredictorCorrector, RePaint, ReverseDiffusion, UniPC,
+                                    colorization)
 from diffusion_jax.sampling import (SampleOutput, example_keys, sample, sample_batch,
                                     sample_examples, sample_from_prior)
 from diffusion_jax.simulate import simulate_forward

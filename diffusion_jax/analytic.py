@@ -104,6 +104,30 @@ class GaussianMixture(flax.struct.PyTreeNode):
     noise = jr.normal(noise_key, (num, self.dim))
     return self.means[k] + jnp.sqrt(self.variances[k]) * noise, k.astype(jnp.int32)
 
+  def restricted(self, keep: jax.Array) -> "GaussianMixture":
+    """The mixture of the components where ``keep`` (K,) is true, renormalised (``keep`` may be
+    traced)."""
+    weights = jnp.where(jnp.asarray(keep, bool), self.weights, 0.0)
+    return GaussianMixture(weights / jnp.sum(weights), self.means, self.variances)
+
+  def given_coordinates(self, known: np.ndarray, value: jax.Array) -> "GaussianMixture":
+    """p(x_u | x_k = value[k]): the law of the unknown coordinates given the known ones, closed form.
+
+    ``known`` is a concrete bool mask (D,); the result lives on the D_u unknown coordinates, in
+    their order. Components are diagonal, so component k given x_k is its own marginal on the
+    unknown coordinates, reweighted by how well it explains the known ones:
+    w'_k ~ w_k N(value_k; mu_k,known, diag(v_k,known)).
+    """
+    known = np.asarray(known, bool)
+    if known.shape != (self.dim,):
+      raise ValueError(f"known must be a bool mask of shape ({self.dim},), got {known.shape}.")
+    if known.all() or not known.any():
+      raise ValueError("known must mark some but not all coordinates as known.")
+    k, u = np.flatnonzero(known), np.flatnonzero(~known)
+    seen = GaussianMixture(self.weights, self.means[:, k], self.variances[:, k])
+    weights = jax.nn.softmax(seen.component_log_probs(jnp.asarray(value)[k]))
+    return GaussianMixture(weights, self.means[:, u], self.variances[:, u])
+
   def conditioned(self, cond: jax.Array) -> "GaussianMixture":
     """The law given class cond: component cond alone (weight one-hot), or the whole mixture for
     the null label cond = K. Works for a traced cond (the weights are masked, not sliced)."""
@@ -177,15 +201,50 @@ class ConditionalDiffusedMixture(_DiffusedReadings, flax.struct.PyTreeNode):
 
   mixture: GaussianMixture
   sde: AbstractLinearSDE = flax.struct.field(pytree_node=False)
-  cond: jax.Array = None  # int32 class index, or K for "unconditional"; None means K
+  cond: jax.Array = None  # int32 class index, or the null label for "unconditional"; None is null
+  # The class of each component, (K,) int32 in 0..C-1, when a class is a group of components (the
+  # tree of ``tree_mixture``); None: class y = component y, C = K. A static tuple, so it is checked
+  # once and the null label C is a Python int.
+  component_classes: tuple | None = flax.struct.field(pytree_node=False, default=None)
+
+  def __post_init__(self):
+    classes = self.component_classes
+    if classes is not None and isinstance(self.mixture, GaussianMixture):
+      if not isinstance(classes, tuple) or len(classes) != self.mixture.weights.shape[0] or \
+          sorted(set(classes)) != list(range(max(classes) + 1)):
+        raise ValueError("component_classes must be a tuple of one class per component, using every "
+                         f"class 0..C-1, got {classes!r}.")
+
+  @property
+  def num_classes(self) -> int:
+    """C; the null label, C, gives the unconditional score."""
+    if self.component_classes is None:
+      return self.mixture.num_components
+    return max(self.component_classes) + 1
 
   def _cond(self) -> jax.Array:
-    k = self.mixture.num_components
-    return jnp.asarray(k if self.cond is None else self.cond, jnp.int32)
+    return jnp.asarray(self.num_classes if self.cond is None else self.cond, jnp.int32)
+
+  def class_mixture(self) -> GaussianMixture:
+    """p_0(. | y) for the bound class y (the whole mixture for the null label)."""
+    if self.component_classes is None:
+      return self.mixture.conditioned(self._cond())
+    classes = jnp.asarray(self.component_classes, jnp.int32)
+    cond = self._cond()
+    return self.mixture.restricted((classes == cond) | (cond == self.num_classes))
 
   def marginal(self, t: jax.Array) -> GaussianMixture:
-    """p_t(. | y): component y diffused (or the whole diffused mixture for y = K)."""
-    return self.mixture.conditioned(self._cond()).perturbed(self.sde.alpha(t), self.sde.sigma(t))
+    """p_t(. | y): class y's components diffused (or the whole diffused mixture for the null label)."""
+    return self.class_mixture().perturbed(self.sde.alpha(t), self.sde.sigma(t))
+
+  def class_log_probs(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """The exact noisy classifier log p(y | x_t = x) for every class y (C,), whatever cond is bound."""
+    p_t = self.mixture.perturbed(self.sde.alpha(t), self.sde.sigma(t))
+    log_r = jax.nn.log_softmax(p_t.component_log_probs(x))
+    if self.component_classes is None:
+      return log_r
+    one_hot = jax.nn.one_hot(jnp.asarray(self.component_classes), self.num_classes, dtype=bool)
+    return jax.nn.logsumexp(jnp.where(one_hot, log_r[:, None], -jnp.inf), axis=0)
 
 
 def random_mixture(key: jax.Array, dim: int, *, num_components: int = 4,
@@ -253,3 +312,40 @@ def benchmark_mixture(dim: int) -> GaussianMixture:
   if dim == 2:
     return eight_gaussians()
   return random_mixture(jr.key(dim), dim)
+
+
+def tree_mixture(depth: int = 5, *, trunk: float = 1.0, width: float = 0.1,
+                 shrink: float = 0.72) -> tuple[GaussianMixture, tuple[int, ...]]:
+  """Two classes shaped as branching trees, with their component classes: the autoguidance toy.
+
+  In the spirit of the 2-D toy of Karras et al. 2024 (Fig. 1): from the origin, class 0 grows to
+  the right and class 1 upwards, each from a trunk that splits in two perpendicular branches at
+  every end (an H-tree), ``depth`` levels deep; the two trees cross in the upper right quadrant.
+  A branch of length L is one Gaussian elongated along it (variance L^2/12 along, the variance of
+  a uniform segment, and width^2 across); lengths and widths shrink by ``shrink`` per level, and
+  each level carries the same share of its class's mass, spread evenly over its 2^level branches,
+  so the outer twigs are thin, light and many. The mass sits on thin filaments with empty space
+  between them: exactly what guidance that narrows towards each class's bulk loses. Components
+  are axis-aligned (diagonal), so the oracle's closed forms hold at every noise level. Returns
+  (mixture, component_classes).
+  """
+  _check_positive_int("depth", depth)
+  means, variances, weights, classes = [], [], [], []
+  for label, direction in ((0, (1.0, 0.0)), (1, (0.0, 1.0))):
+    # (start point, unit direction, length, width, level)
+    frontier = [(np.array([0.0, 0.0]), np.array(direction), trunk, width, 0)]
+    while frontier:
+      start, unit, length, w, level = frontier.pop()
+      centre = start + 0.5 * length * unit
+      along = np.abs(unit)
+      means.append(centre)
+      variances.append(along * length**2 / 12 + (1 - along) * w**2)
+      weights.append(1.0 / (depth * 2**level))
+      classes.append(label)
+      if level + 1 < depth:
+        end = start + length * unit
+        perp = np.array([unit[1], unit[0]])
+        for sign in (1.0, -1.0):
+          frontier.append((end, sign * perp, length * shrink, w * shrink, level + 1))
+  return (GaussianMixture.create(np.array(weights), np.array(means), np.array(variances)),
+          tuple(classes))

@@ -71,7 +71,10 @@ def check_score_fn(score_fn: ScoreFn, shape: tuple[int, ...], dtype, cond: Any =
     raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}.")
   leaves, treedef = jax.tree.flatten(score_fn)
   try:
-    signature = (treedef, tuple((jnp.shape(v), jnp.result_type(v)) if _is_array(v) else v
+    # Arrays and Python numbers enter by shape and type, not value: a new guidance strength or
+    # new parameters of the same network need no new check.
+    signature = (treedef, tuple((jnp.shape(v), jnp.result_type(v)) if _is_array(v)
+                                else type(v) if isinstance(v, (int, float, complex)) else v
                                 for v in leaves), tuple(shape), np.dtype(dtype),
                  jax.tree.structure(cond), tuple(jax.tree.leaves(cond)))
     hash(signature)

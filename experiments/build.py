@@ -12,7 +12,8 @@ import jax.random as jr
 import ml_collections
 import numpy as np
 
-from diffusion_jax import (_checks, conditions, data, likelihood, losses, nets, parameterization,
+from diffusion_jax import (_checks, conditions, data, guidance, likelihood, losses, nets,
+                           parameterization,
                            samplers, sampling, schedules, sdes, train)
 from diffusion_jax.analytic import GaussianMixture
 from diffusion_jax.losses import Weighting
@@ -268,6 +269,74 @@ def build_flow_variable(config: ml_collections.ConfigDict, sde):
   raise _unknown("config.likelihood.variable", name, ("auto", "t", "sigma"))
 
 
+GUIDANCE_KINDS = ("none", "cfg", "autoguidance", "classifier")
+
+
+def guidance_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.sampling.guidance, or the unguided default for a workdir saved before it existed."""
+  g = config.sampling.get("guidance")
+  if g is None:
+    g = ml_collections.ConfigDict({"kind": "none", "gamma": 1.0, "scale": 1.0, "sigma_lo": 0.0,
+                                   "sigma_hi": float("inf"), "guide_step": 0})
+  return g
+
+
+def build_guidance(config: ml_collections.ConfigDict, sde, null_cond):
+  """config.sampling.guidance -> ``guide(score, guide=None) -> score``: the configured guider around
+  a model's score (``diffusion_jax.guidance``); the identity for kind "none". ``guide`` is the
+  guide model's score (autoguidance) or the noisy classifier (classifier guidance)."""
+  g = guidance_config(config)
+  _checks.check_choice("config.sampling.guidance.kind", g.kind, GUIDANCE_KINDS)
+  if g.kind == "none":
+    return lambda score, guide_score=None: score
+  interval = None
+  if g.sigma_lo > 0 or g.sigma_hi != float("inf"):
+    interval = guidance.NoiseInterval(sde, float(g.sigma_lo), float(g.sigma_hi))
+  if g.kind == "cfg":
+    if null_cond is None:
+      raise ValueError("config.sampling.guidance.kind='cfg' needs a class-conditional model trained "
+                       "with label dropout (config.model.num_classes > 0 and "
+                       "config.model.label_dropout > 0): its null label is the unconditional model.")
+    return lambda score, guide_score=None: guidance.ClassifierFreeGuidance(
+        score, null_cond, float(g.gamma), interval=interval)
+
+  def guided(score, guide=None):
+    if guide is None:
+      raise ValueError(f"config.sampling.guidance.kind={g.kind!r} needs its guide (--mode=sample: "
+                       "the checkpoint config.sampling.guidance.guide_step, or the run's noisy "
+                       "classifier from --mode=train_classifier).")
+    if g.kind == "autoguidance":
+      return guidance.Autoguidance(score, guide, float(g.gamma), interval=interval)
+    return guidance.ClassifierGuidance(score, guide, float(g.scale), interval=interval)
+
+  return guided
+
+
+def guided_sample_fn(config, sde, sampler, ts, shape, denoise_final, score_fn, null_cond,
+                     classifier_fn=None):
+  """The methods' ``sample(params, keys, cond)`` with the configured guidance: params is the
+  model's parameters, or {"main": ..., "guide": ...} (autoguidance: the guide's parameters) or
+  {"main": ..., "classifier": ...} (classifier guidance: ``classifier_fn(its parameters)`` is the
+  noisy classifier)."""
+  guide = build_guidance(config, sde, null_cond)
+  kind = guidance_config(config).kind
+
+  def sample(params, keys, cond):
+    if kind == "autoguidance":
+      score = guide(score_fn(params["main"]), score_fn(params["guide"]))
+    elif kind == "classifier":
+      # The base is the model's unconditional score: a conditional model's null label.
+      score = guide(score_fn(params["main"], null_cond), classifier_fn(params["classifier"]))
+    else:
+      score = guide(score_fn(params))
+    out = sampling.sample_examples(sde, score, sampler, jnp.asarray(ts), keys, shape=shape,
+                                   cond=cond, denoise_final=denoise_final,
+                                   progress_fn=progress.report_step)
+    return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
+
+  return sample
+
+
 def build_denoise_final(config: ml_collections.ConfigDict) -> bool | None:
   """config.sampling.denoise_final: "default" (the sampler's paper decides), "true" or "false"."""
   value = config.sampling.denoise_final
@@ -341,11 +410,8 @@ def _build_toy_method(config: ml_collections.ConfigDict) -> Method:
   def score_fn(params, cond=None):
     return parameterization.NetworkScore(model_fn, params, sde, prediction, cond)
 
-  def sample(params, keys, cond):
-    out = sampling.sample_examples(sde, score_fn(params), sampler, jnp.asarray(ts), keys,
-                                   shape=shape, cond=cond, denoise_final=denoise_final,
-                                   progress_fn=progress.report_step)
-    return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
+  sample = guided_sample_fn(config, sde, sampler, ts, shape, denoise_final, score_fn,
+                            null_cond if num_classes and config.model.label_dropout > 0 else None)
 
   def evaluate(draw, key, params=None):
     del params  # the toy evaluation needs samples only

@@ -23,10 +23,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import conditions, data, losses, nets, parameterization, sampling, sdes, train
+from diffusion_jax import conditions, data, losses, nets, parameterization, sdes, train
 from diffusion_jax.data import images as image_lib
 from diffusion_jax.parameterization import Prediction
-from experiments import progress
 from experiments.method import Method
 
 TFDS_DATASETS = ("mnist", "fashion_mnist", "cifar10", "celeb_a")
@@ -212,6 +211,14 @@ def evaluate_samples(config: ml_collections.ConfigDict, draw, train_set, test_se
   return summary, plot
 
 
+def _data_classes(train_set) -> int:
+  """The number of classes of a labelled image split (0 without labels)."""
+  if getattr(train_set, "labels", None) is None:
+    return 0
+  names = getattr(train_set, "class_names", None)
+  return len(names) if names else int(np.max(train_set.labels)) + 1
+
+
 def build_image_method(config: ml_collections.ConfigDict) -> Method:
   """config -> the image diffusion method: a U-Net (or NCSN) trained by DSM or EDM, the configured
   sampler, the image evaluation (``experiments/evaluate/images.py``) with test bits/dim."""
@@ -250,15 +257,24 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
   def score_fn(params, cond=None):
     return parameterization.NetworkScore(model_fn, params, sde, prediction, cond)
 
-  def sample(params, keys, cond):
-    out = sampling.sample_examples(sde, score_fn(params), sampler, jnp.asarray(ts), keys,
-                                   shape=shape, cond=cond, denoise_final=denoise_final,
-                                   progress_fn=progress.report_step)
-    return {"x": out.x, "denoised": out.denoised, "nfe": out.nfe}
+  classifier_guided = build.guidance_config(config).kind == "classifier"
+  data_classes = _data_classes(train_set)
+  classifier_fn = None
+  if classifier_guided:
+    from experiments import noisy_classifier
+
+    classifier_module = noisy_classifier.recipe(config).module(data_classes, noise_conditional=True)
+    classifier_fn = lambda p: noisy_classifier.NoisyClassifierFn(classifier_module, p)  # noqa: E731
+  sample = build.guided_sample_fn(config, sde, sampler, ts, shape, denoise_final, score_fn,
+                                  null_cond if num_classes and config.model.label_dropout > 0
+                                  else None, classifier_fn)
+  # A classifier-guided unconditional model is drawn, and scored, class by class like a
+  # conditional one.
+  eval_classes = num_classes or (data_classes if classifier_guided else 0)
 
   def evaluate(draw, key, params=None):
     del key  # the evaluation's draws use the runner's sampling keys; its splits config.seed
-    summary, plot = evaluate_samples(config, draw, train_set, test_set, num_classes)
+    summary, plot = evaluate_samples(config, draw, train_set, test_set, eval_classes)
     if params is not None and config.eval.bits_per_dim:
       from experiments import likelihood_eval
 
@@ -299,7 +315,8 @@ def image_headline(summary: dict) -> str:
       parts.append(f"FD {space} {summary[f'fd_{space}']:.3g} (floor {summary[f'fd_{space}_floor']:.3g}"
                    f" +- {summary[f'fd_{space}_floor_std']:.2g}, "
                    f"{summary[f'fd_{space}'] / summary[f'fd_{space}_floor']:.2f}x)")
-  for key, name, fmt in (("confident_fraction", "confident", ".1%"),
+  for key, name, fmt in (("label_accuracy", "read as their label", ".1%"),
+                         ("confident_fraction", "confident", ".1%"),
                          ("valid_fraction", "valid (every factor read confidently)", ".1%"),
                          ("class_entropy_bits", "class entropy (bits)", ".3f"),
                          ("copy_fraction", "copies", ".1%"),

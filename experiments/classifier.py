@@ -65,10 +65,11 @@ class ClassifierConfig:
   max_shift: int = 1
   seed: int = 0
 
-  def module(self, num_classes: int) -> Classifier:
+  def module(self, num_classes: int, noise_conditional: bool = False) -> Classifier:
     return Classifier(num_classes=num_classes, channels=tuple(self.channels),
                       blocks_per_stage=self.blocks_per_stage, feature_dim=self.feature_dim,
-                      num_groups=self.num_groups, dropout_rate=self.dropout_rate)
+                      num_groups=self.num_groups, dropout_rate=self.dropout_rate,
+                      noise_conditional=noise_conditional)
 
   def to_dict(self) -> dict:
     out = dataclasses.asdict(self)
@@ -123,7 +124,7 @@ class TrainedClassifier:
     return float(np.mean(self.logits(x).argmax(axis=1) == np.asarray(labels)))
 
 
-def _labelled(name: str, dataset) -> tuple[np.ndarray, np.ndarray]:
+def labelled(name: str, dataset) -> tuple[np.ndarray, np.ndarray]:
   labels = getattr(dataset, "labels", None)
   if labels is None:
     raise ValueError(f"{name} must be an ImageDataset with labels (a classifier needs them).")
@@ -135,7 +136,7 @@ def _labelled(name: str, dataset) -> tuple[np.ndarray, np.ndarray]:
   return x, labels
 
 
-def _num_classes(labels: np.ndarray, dataset) -> int:
+def num_classes_of(labels: np.ndarray, dataset) -> int:
   names = getattr(dataset, "class_names", None)
   return len(names) if names else int(labels.max()) + 1
 
@@ -150,21 +151,33 @@ def _shift(x: jax.Array, key: jax.Array, max_shift: int) -> jax.Array:
   return jax.lax.dynamic_slice(padded, (offset[0], offset[1], 0), (h, w, x.shape[2]))
 
 
-def _make_train_step(module: Classifier, optimizer, config: ClassifierConfig):
+def noised(sde, x0: jax.Array, key: jax.Array, t_min: float) -> tuple[jax.Array, jax.Array]:
+  """(x_t, t): x_t = alpha(t) x0 + sigma(t) noise under ``sde``, t ~ U(t_min, T) per example."""
+  t_key, noise_key = jr.split(key)
+  t = jr.uniform(t_key, (x0.shape[0],), minval=t_min, maxval=sde.T)
+  alpha, sigma = jax.vmap(sde.marginal)(t)
+  shape = (-1,) + (1,) * (x0.ndim - 1)
+  return alpha.reshape(shape) * x0 + sigma.reshape(shape) * jr.normal(noise_key, x0.shape), t
+
+
+def _make_train_step(module: Classifier, optimizer, config: ClassifierConfig, sde=None,
+                     t_min: float = 1e-3):
   """(state, x, y, key) -> (state, metrics): one AdamW step on the batch-mean cross-entropy.
 
   Batched rather than ``train.make_train_step``'s per-example vmap: for this conv net on XLA:CPU
   the vmapped step was measured 2x slower per step and 30% slower to compile. Keys as there:
-  fold_in(key, step), one shift key per example.
+  fold_in(key, step), one shift key per example. With ``sde`` (a noise-conditional module), each
+  shifted image is noised to x_t at its own t ~ U(t_min, T) and the classifier is told t.
   """
 
   def train_step(state: train_lib.TrainState, x, y, key):
     step_key = jr.fold_in(key, state.step)
     shift_keys = jr.split(jr.fold_in(step_key, 0), x.shape[0])
     x = jax.vmap(_shift, in_axes=(0, 0, None))(x, shift_keys, config.max_shift)
+    args = (x,) if sde is None else noised(sde, x, jr.fold_in(step_key, 2), t_min)
 
     def objective(params):
-      logits = module.apply(params, x, train=True, rngs={"dropout": jr.fold_in(step_key, 1)})
+      logits = module.apply(params, *args, train=True, rngs={"dropout": jr.fold_in(step_key, 1)})
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
       return loss, jnp.mean(jnp.argmax(logits, axis=1) == y)
 
@@ -180,22 +193,26 @@ def _make_train_step(module: Classifier, optimizer, config: ClassifierConfig):
 
 
 def train_classifier(train_set, test_set, config: ClassifierConfig = ClassifierConfig(), *,
-                     log=None) -> TrainedClassifier:
+                     sde=None, t_min: float = 1e-3, log=None) -> TrainedClassifier:
   """Minimise the cross-entropy -log softmax(f(aug(x)))_y on the train split; report test accuracy.
 
-  Fixed seed: the same data and config give the same parameters (on one backend).
+  Fixed seed: the same data and config give the same parameters (on one backend). With ``sde``,
+  the classifier is noise-conditional, p(y | x_t, t), trained on x_t for t ~ U(t_min, T) (classifier
+  guidance's classifier); its test accuracy is then reported per noise level
+  (``info["test_accuracy_by_t"]``, ``test_accuracy`` None).
   """
-  x_train, y_train = _labelled("train_set", train_set)
-  num_classes = _num_classes(y_train, train_set)
-  module = config.module(num_classes)
+  x_train, y_train = labelled("train_set", train_set)
+  num_classes = num_classes_of(y_train, train_set)
+  module = config.module(num_classes, noise_conditional=sde is not None)
   init_key, train_key, order_key = jr.split(jr.key(config.seed), 3)
-  params = init_classifier(module, init_key, x_train[:1])  # on the host: nothing compiled
+  t_example = None if sde is None else jnp.ones((1,))
+  params = init_classifier(module, init_key, x_train[:1], t_example)  # on the host: nothing compiled
 
   optimizer = train_lib.make_optimizer(config.learning_rate, warmup_steps=config.warmup_steps,
                                        decay_steps=config.num_steps,
                                        weight_decay=config.weight_decay)
   state = train_lib.TrainState.create(params, optimizer)
-  step_fn = jax.jit(_make_train_step(module, optimizer, config))
+  step_fn = jax.jit(_make_train_step(module, optimizer, config, sde, t_min))
   rng = np.random.default_rng(np.asarray(jr.key_data(order_key)))  # batch order
   n, per_epoch = x_train.shape[0], max(x_train.shape[0] // config.batch_size, 1)
   start, cpu_start = time.perf_counter(), time.process_time()
@@ -211,10 +228,41 @@ def train_classifier(train_set, test_set, config: ClassifierConfig = ClassifierC
   jax.block_until_ready(state.ema_params)
   seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
   trained = TrainedClassifier(module, state.ema_params, None)
-  test_accuracy = None if test_set is None else trained.accuracy(*_labelled("test_set", test_set))
   info = {"train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "num_classes": num_classes,
-          "config": config.to_dict(), "train_accuracy": trained.accuracy(x_train, y_train)}
+          "config": config.to_dict()}
+  if sde is not None:
+    if test_set is not None:
+      info["test_accuracy_by_t"] = accuracy_by_noise_level(
+          module, jax.device_get(state.ema_params), sde, *labelled("test_set", test_set), t_min)
+    return dataclasses.replace(trained, info=info)
+  test_accuracy = None if test_set is None else trained.accuracy(*labelled("test_set", test_set))
+  info["train_accuracy"] = trained.accuracy(x_train, y_train)
   return dataclasses.replace(trained, test_accuracy=test_accuracy, info=info)
+
+
+# A noisy classifier's test accuracy is reported at these times (fractions of T): from nearly clean
+# images to nearly pure noise, where it falls to chance.
+REPORT_TIMES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def accuracy_by_noise_level(module: Classifier, params, sde, x, y, t_min: float, *,
+                            seed: int = 0) -> dict:
+  """A noise-conditional classifier's accuracy on (x, y) noised to t = max(f T, t_min) for each f of
+  REPORT_TIMES (fixed noise draws): {"<t>": accuracy}."""
+  apply = jax.jit(lambda p, v, t: module.apply(p, v, t))
+  x, y = np.asarray(x, np.float32), np.asarray(y)
+  out = {}
+  for i, fraction in enumerate(REPORT_TIMES):
+    t = max(fraction * sde.T, t_min)
+    alpha, sigma = (float(v) for v in sde.marginal(jnp.asarray(t)))
+    noise = np.asarray(jr.normal(jr.fold_in(jr.key(seed), i), x.shape))
+    correct = 0
+    for start in range(0, x.shape[0], _EVAL_BATCH):
+      x_t = alpha * x[start:start + _EVAL_BATCH] + sigma * noise[start:start + _EVAL_BATCH]
+      logits = apply(params, x_t, np.full((x_t.shape[0],), t, np.float32))
+      correct += int(np.sum(np.asarray(logits).argmax(1) == y[start:start + _EVAL_BATCH]))
+    out[f"{t:g}"] = correct / x.shape[0]
+  return out
 
 
 def data_fingerprint(dataset) -> str:
@@ -245,7 +293,7 @@ def cache_directory(cache_dir=None) -> pathlib.Path:
   return pathlib.Path(path).expanduser()
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+def atomic_write(path: pathlib.Path, data: bytes) -> None:
   tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   tmp.write_bytes(data)
   os.replace(tmp, path)
@@ -262,7 +310,7 @@ def load_or_train(name: str, train_set, test_set, config: ClassifierConfig = Cla
   params_path, meta_path = directory / f"{key}.msgpack", directory / f"{key}.json"
   if not retrain and meta_path.exists() and params_path.exists():
     meta = json.loads(meta_path.read_text())
-    x_train, y_train = _labelled("train_set", train_set)
+    x_train, y_train = labelled("train_set", train_set)
     module = config.module(meta["num_classes"])
     template = init_classifier(module, jr.key(0), x_train[:1])  # the tree's structure
     params = flax.serialization.from_bytes(template, params_path.read_bytes())
@@ -272,8 +320,8 @@ def load_or_train(name: str, train_set, test_set, config: ClassifierConfig = Cla
   directory.mkdir(parents=True, exist_ok=True)
   meta = {**trained.info, "name": name, "key": key, "test_accuracy": trained.test_accuracy,
           "data_fingerprint": data_fingerprint(train_set), "jax_version": jax.__version__}
-  _atomic_write(params_path, flax.serialization.to_bytes(jax.device_get(trained.params)))
-  _atomic_write(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
+  atomic_write(params_path, flax.serialization.to_bytes(jax.device_get(trained.params)))
+  atomic_write(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
   return dataclasses.replace(trained, info={**meta, "cache": "miss", "path": str(params_path)})
 
 

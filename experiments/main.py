@@ -26,10 +26,12 @@ config_flags.DEFINE_config_file(
     "--mode=eval_likelihood default to the config saved in --workdir at training time. Any field "
     "can be overridden with --config.<section>.<field>=VALUE.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (required).")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval_likelihood"],
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval_likelihood", "train_classifier"],
                   "train: train (resuming from the latest checkpoint), then sample and evaluate; "
                   "sample: draw samples from a checkpoint; eval_likelihood: test-set "
-                  "log-likelihood of a checkpoint.")
+                  "log-likelihood of a checkpoint; train_classifier: the image run's "
+                  "noise-conditional classifier for classifier guidance "
+                  "(config.sampling.guidance.kind=classifier).")
 flags.DEFINE_integer("checkpoint_step", None,
                      "--mode=sample / eval_likelihood: the checkpoint to use (default: the latest).")
 flags.DEFINE_bool("distributed", False,
@@ -111,7 +113,7 @@ def main(argv) -> None:
     config = _config()
     _join_job()
     validate.validate(config, FLAGS.mode)
-    step = (None if FLAGS.mode == "train" else
+    step = (None if FLAGS.mode in ("train", "train_classifier") else
             workdir_lib.check_checkpoint_step(FLAGS.workdir, FLAGS.checkpoint_step))
   except (validate.ConfigError, workdir_lib.WorkdirError) as e:
     sys.exit(f"Error: {e}")
@@ -129,6 +131,10 @@ def main(argv) -> None:
       from experiments import likelihood_eval
 
       likelihood_eval.run(config, FLAGS.workdir, step=step)
+    elif FLAGS.mode == "train_classifier":
+      from experiments import noisy_classifier
+
+      noisy_classifier.train(config, FLAGS.workdir)
   except (train_loop.TrainingDiverged, checkpoints.NoIntactCheckpointError) as e:
     # The message names the step and the checkpoint that is intact; a traceback adds nothing.
     sys.exit(f"Error: {e}")

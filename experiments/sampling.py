@@ -7,7 +7,7 @@
 Writes DIR/samples/<stem>.npz (x, denoised, nfe, ts[, labels]), <stem>.json (the same two-sample
 evaluation as the end of training: experiments/evaluate, same reference draws) and <stem>.png.
 The stem names everything that changes the samples (sampler and its hyperparameters, grid,
-number of steps, t_min, corrector, ancestral start, final denoising, number of samples,
+number of steps, t_min, corrector, ancestral start, final denoising, guidance, number of samples,
 checkpoint step), so one evaluation never overwrites another. Examples are drawn in compiled
 chunks of config.sampling.batch_size (a progress bar counts them); example n always uses
 fold_in(key, n), so the samples do not depend on the chunk size.
@@ -50,6 +50,15 @@ def output_stem(config: ml_collections.ConfigDict, step: int) -> str:
     parts.append(f"ancestral{sc.ancestral_start_steps}")
   if sc.denoise_final != "default":
     parts.append(f"denoise-{sc.denoise_final}")
+  g = build.guidance_config(config)
+  if g.kind != "none":
+    guided = (f"classifier-scale{g.scale:g}" if g.kind == "classifier" else
+              f"{g.kind}-gamma{g.gamma:g}")
+    if g.sigma_lo > 0 or g.sigma_hi != float("inf"):
+      guided += f"-sigma{g.sigma_lo:g}-{g.sigma_hi:g}"
+    if g.kind == "autoguidance":
+      guided += f"-guide{g.guide_step}"
+    parts.append(guided)
   parts += [f"n{sc.num_samples}", f"step{step}"]
   return "_".join(parts)
 
@@ -64,11 +73,28 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
   with Checkpoints(workdir, read_only=True) as checkpoints:
     state, restored = checkpoints.restore(
         train_lib.abstract_state(method, config, sharding.replicated(mesh)), step=step)
-  if state is None:
-    raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}.")
+    if state is None:
+      raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}.")
+    params = state.ema_params
+    g = build.guidance_config(config)
+    if g.kind == "autoguidance":
+      # The guide: the EMA model of an earlier checkpoint of the same run (Karras et al. 2024's
+      # shorter-trained guide).
+      if not 0 < g.guide_step < restored:
+        raise ValueError(f"config.sampling.guidance.guide_step={g.guide_step} must name an earlier "
+                         f"checkpoint of this run than the sampled one (step {restored}); kept: "
+                         f"{checkpoints.steps()}.")
+      guide, _ = checkpoints.restore(
+          train_lib.abstract_state(method, config, sharding.replicated(mesh)), step=g.guide_step)
+      params = {"main": params, "guide": guide.ema_params}
+  if g.kind == "classifier":
+    from experiments import noisy_classifier
+
+    classifier, _ = noisy_classifier.load(config, workdir)
+    params = {"main": params, "classifier": classifier.params}
 
   draws, draw = train_lib.recording_draw(
-      train_lib.make_draw(method, state.ema_params, config, mesh, progress=True))
+      train_lib.make_draw(method, params, config, mesh, progress=True))
   tic = time.perf_counter()
   summary, plot = method.evaluate(draw, keys.eval_key(config))
   seconds = time.perf_counter() - tic

@@ -235,8 +235,12 @@ def sampler_summary(config) -> dict:
   sc = config.sampling
   sampler = build.build_sampler(config)
   ts = np.asarray(build.build_time_grid(config, build.build_sde(config)))
-  return {"name": sc.sampler, "repr": repr(sampler), "grid": sc.grid, "num_steps": len(ts) - 1,
-          "t_min": float(ts[-1])}
+  summary = {"name": sc.sampler, "repr": repr(sampler), "grid": sc.grid, "num_steps": len(ts) - 1,
+             "t_min": float(ts[-1])}
+  g = build.guidance_config(config)
+  if g.kind != "none":
+    summary["guidance"] = g.to_dict()
+  return summary
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir, state: train_lib.TrainState, *,

@@ -16,7 +16,7 @@ import pathlib
 
 import ml_collections
 
-MODES = ("train", "sample", "eval_likelihood")
+MODES = ("train", "sample", "eval_likelihood", "train_classifier")
 
 
 class ConfigError(ValueError):
@@ -155,6 +155,13 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   c.nonnegative("training.ema_power")
   c.positive("training.t_min")  # and < T: _check_times
   c.int("training.log_every")
+  c.int("noisy_classifier.num_steps")
+  c.int("noisy_classifier.warmup_steps", minimum=0)
+  c.less("noisy_classifier.warmup_steps", "noisy_classifier.num_steps")
+  c.int("noisy_classifier.batch_size")
+  c.int("noisy_classifier.max_shift", minimum=0)
+  c.positive("noisy_classifier.learning_rate")
+  c.positive("noisy_classifier.t_min")
   c.int("training.checkpoint_every")
   c.int("training.keep_checkpoints")
 
@@ -179,6 +186,8 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   c.positive("sampling.rtol")
   c.positive("sampling.atol")
   c.int("sampling.batch_size")
+  if c.get("sampling.guidance") is not _ABSENT:
+    _check_guidance(config, c)
 
   c.positive("eval.mmd_bandwidth")
   c.int("eval.num_projections")
@@ -302,6 +311,32 @@ def _check_image_numbers(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.eval.confidence must lie in (0, 1), got {conf!r}.")
 
 
+def _check_guidance(config, c) -> None:
+  from experiments import build
+
+  kind = c.get("sampling.guidance.kind")
+  if kind not in build.GUIDANCE_KINDS:
+    raise ConfigError(f"config.sampling.guidance.kind must be one of {build.GUIDANCE_KINDS}, got "
+                      f"{kind!r}.")
+  c.nonnegative("sampling.guidance.gamma")
+  c.nonnegative("sampling.guidance.scale")
+  c.nonnegative("sampling.guidance.sigma_lo")
+  c.less("sampling.guidance.sigma_lo", "sampling.guidance.sigma_hi")
+  c.int("sampling.guidance.guide_step", minimum=0)
+  if kind == "cfg" and not (c.get("model.num_classes") and c.get("model.label_dropout")):
+    raise ConfigError("config.sampling.guidance.kind='cfg' needs a class-conditional model trained "
+                      "with label dropout: config.model.num_classes > 0 and "
+                      f"config.model.label_dropout > 0, got {c.get('model.num_classes')!r} and "
+                      f"{c.get('model.label_dropout')!r}.")
+  if kind == "classifier" and c.get("noisy_classifier") is _ABSENT:
+    raise ConfigError("config.sampling.guidance.kind='classifier' is for image runs (their "
+                      "config.noisy_classifier section: --mode=train_classifier).")
+  if kind == "autoguidance" and not c.get("sampling.guidance.guide_step"):
+    raise ConfigError("config.sampling.guidance.kind='autoguidance' needs "
+                      "config.sampling.guidance.guide_step, the earlier checkpoint of the run whose "
+                      "EMA model guides (--mode=sample).")
+
+
 def _build_everything(config: ml_collections.ConfigDict) -> None:
   """Build each piece once (cheap: no network initialisation); build.py names bad string keys."""
   from experiments import build
@@ -343,8 +378,16 @@ def validate(config: ml_collections.ConfigDict, mode: str = "train") -> None:
     raise ConfigError(f"mode must be one of {MODES}, got {mode!r}.")
   _check_numbers(config)
   _build_everything(config)
+  if mode == "train_classifier" and config.get("noisy_classifier") is None:
+    raise ConfigError("--mode=train_classifier is for image runs: config.noisy_classifier is the "
+                      "noisy classifier's section (experiments/configs/image_base.py).")
   if mode == "train":  # a run trained on 8 devices may be sampled on 3
     _check_devices(config)
+    kind = config.sampling.get("guidance", {}).get("kind", "none")
+    if kind in ("autoguidance", "classifier"):
+      raise ConfigError(f"config.sampling.guidance.kind={kind!r} is for --mode=sample: its guide "
+                        "(an earlier checkpoint, or the noisy classifier of --mode=train_classifier) "
+                        "comes from a trained run.")
 
 
 # ---------------------------------------------------------------------------------------------

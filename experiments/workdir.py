@@ -100,10 +100,25 @@ def load_config(workdir) -> ml_collections.ConfigDict | None:
 
 
 def get_config(workdir: str) -> ml_collections.ConfigDict:
-  """ml_collections entry point: ``--config=experiments/workdir.py:DIR`` is DIR's saved config."""
+  """ml_collections entry point: ``--config=experiments/workdir.py:DIR`` is DIR's saved config.
+
+  Sections added to the configs after DIR was trained (sampling.guidance; noisy_classifier for
+  image runs) are filled in with their defaults, so older runs can still be sampled and guided;
+  nothing saved is changed.
+  """
   config = load_config(workdir)
   if config is None:
     raise WorkdirError(f"{pathlib.Path(workdir) / CONFIG_FILE} does not exist; pass --config.")
+  from experiments.configs import image_base, toy2d
+
+  if "sampling" in config and "guidance" not in config.sampling:
+    config.sampling.guidance = toy2d.guidance_section()
+  elif "sampling" in config:
+    for key, value in toy2d.guidance_section().items():
+      if key not in config.sampling.guidance:
+        config.sampling.guidance[key] = value
+  if "model" in config and "model_channels" in config.model and "noisy_classifier" not in config:
+    config.noisy_classifier = image_base.noisy_classifier_section()
   return config
 
 

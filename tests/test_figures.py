@@ -20,6 +20,8 @@ SCRIPTS = {
     "langevin_vs_annealed": (["--num", "--langevin_steps", "--steps_per_level", "--out"],
                              ["--num=16", "--langevin_steps=5", "--steps_per_level=2"],
                              "langevin_vs_annealed"),
+    "guidance_toy": (["--num", "--steps", "--gammas", "--blur", "--dps_zeta", "--out"],
+                     ["--num=64", "--steps=20", "--gammas=1,2"], "guidance_toy"),
     "likelihood_density": (["--grid", "--extent", "--tol", "--workdir", "--config",
                             "--checkpoint_step", "--out"],
                            ["--grid=4", "--tol=1e-3"], "likelihood_density"),

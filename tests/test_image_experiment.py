@@ -17,9 +17,11 @@ REQUIRED = ("fd_pixels", "fd_pixels_floor", "fd_features", "fd_features_floor",
 
 
 def tiny_digits_config(classifier_dir):
-  from experiments.configs import digits
+  # The class-conditional digits model (digits_cond.py: digits.py with labels and label dropout),
+  # so one trained fixture serves the runner's tests and the guided sampling of the guidance sweep.
+  from experiments.configs import digits_cond
 
-  c = digits.get_config()
+  c = digits_cond.get_config()
   m = c.model
   # One level, no attention: the runner's test, not the network's (tests/test_unet.py covers
   # levels and attention); every level and attention block adds to each of the five programs
@@ -27,7 +29,7 @@ def tiny_digits_config(classifier_dir):
   m.model_channels, m.channel_mult, m.num_res_blocks, m.attn_resolutions = 8, (1,), 1, ()
   t = c.training
   t.num_steps, t.batch_size, t.warmup_steps = 4, 16, 1
-  t.log_every = t.checkpoint_every = t.sample_every = 2
+  t.log_every = t.checkpoint_every = t.sample_every = 2  # checkpoints 2 and 4: 2 is a guide
   t.sample_grid_size = 32  # = sampling.batch_size: the grids and the evaluation share one program
   s = c.sampling
   s.num_steps, s.num_samples, s.batch_size = 3, 32, 32
@@ -58,6 +60,7 @@ def test_digits_run_writes_grids_samples_and_a_summary_with_floors(digits_run):
     assert np.isfinite(on_disk[key]), key
   assert on_disk["fd_pixels_floor"] > 0 and on_disk["fd_features_floor"] > 0
   assert 0.0 <= on_disk["confident_fraction"] <= 1.0
+  assert 0.0 <= on_disk["label_accuracy"] <= 1.0  # class-conditional: drawn ten classes in turn
   assert 0.0 <= on_disk["class_entropy_bits"] <= np.log2(10) + 1e-9  # 10 classes at most
   # the DDPM bound is reported for the VP SDE next to the ODE estimate
   assert np.isfinite(on_disk["bits_per_dim_ddpm_bound"])
@@ -161,6 +164,23 @@ def test_image_figures_sample_the_workdir_and_reuse_its_points(digits_run, tmp_p
     assert on_disk["fd_pixels"] == r["fd_pixels"]
   out = script("image_sample_grids", f"--workdirs={workdir}", "--samplers=ddim", "--nfe=3",
                "--num=32", "--shown=16")
+  # The guidance sweep on the same workdir: CFG, CFG in a noise interval and autoguidance by the
+  # step-2 checkpoint, at w = 0 (the run's own sampler, read back from its file) and w = 1.
+  workdir_config = build.guidance_config(config)
+  assert workdir_config.kind == "none"
+  out_sweep = script("guidance_sweep", f"--workdir={workdir}", "--weights=0,1", "--num=32")
+  sweep = json.loads((tmp_path / "guidance_sweep.json").read_text())
+  assert sweep["guide_step"] == 2 and len(sweep["results"]) == 3
+  for variant in sweep["results"].values():
+    assert [r["w"] for r in variant] == [0, 1]
+    assert all(r["label_accuracy"] is not None for r in variant)
+  # w = 0 is one point for all three variants; w = 1 gives each its own file (its stem).
+  assert len({json.dumps(variant[0]) for variant in sweep["results"].values()}) == 1
+  stems = sorted(p.name for p in (workdir / "samples").glob("*gamma2*_n32_step4.json"))
+  assert stems == ["ancestral_time_uniform_3steps_tmin0.001_autoguidance-gamma2-guide2_n32_step4.json",
+                   "ancestral_time_uniform_3steps_tmin0.001_cfg-gamma2-sigma0.3-5_n32_step4.json",
+                   "ancestral_time_uniform_3steps_tmin0.001_cfg-gamma2_n32_step4.json"], stems
+  assert "guidance_sweep.png" in out_sweep
   assert "ddim at 3 NFE: read" in out
   assert (tmp_path / "image_sample_grids_digits.png").stat().st_size > 1000
   grids = json.loads((tmp_path / "image_sample_grids_digits.json").read_text())
@@ -181,3 +201,40 @@ def test_eval_likelihood_mode_scores_an_image_checkpoint_as_training_did(digits_
   written = list((workdir / "likelihood").glob("image-*.json"))
   assert len(written) == 1 and json.loads(written[0].read_text())["checkpoint_step"] == 4
   assert "test bits/dim of 8 images" in capsys.readouterr().out
+
+
+def test_noisy_classifier_trains_on_the_run_and_guides_its_sampler(digits_run, tmp_path):
+  """--mode=train_classifier writes the run's noise-conditional classifier; --mode=sample with
+  guidance.kind=classifier draws the ten classes in turn through it and reports label accuracy
+  (a few training steps: the plumbing, not the quality)."""
+  import shutil
+
+  from experiments import noisy_classifier
+  from experiments import sampling as sampling_lib
+
+  config, workdir, _ = digits_run
+  run_dir = tmp_path / "run"
+  shutil.copytree(workdir, run_dir)
+  config = config.copy_and_resolve_references()
+  nc = config.noisy_classifier
+  nc.num_steps, nc.batch_size, nc.warmup_steps = 4, 16, 1
+  validate.validate(config, "train_classifier")
+  info = noisy_classifier.train(config, run_dir, log=lambda *_: None)
+  accuracy = info["test_accuracy_by_t"]
+  assert len(accuracy) == 5 and all(0.0 <= a <= 1.0 for a in accuracy.values())
+  assert (run_dir / "noisy_classifier" / "params.msgpack").is_file()
+  classifier, _ = noisy_classifier.load(config, run_dir)
+  x = jnp.zeros((8, 8, 1))
+  log_p = classifier(x, jnp.asarray(0.5))
+  assert log_p.shape == (10,) and float(jnp.abs(jax.nn.logsumexp(log_p))) < 1e-5  # log-probabilities
+  config.sampling.guidance.kind, config.sampling.guidance.scale = "classifier", 2.0
+  with pytest.raises(validate.ConfigError, match="for --mode=sample"):
+    validate.validate(config, "train")
+  validate.validate(config, "sample")
+  summary = sampling_lib.run(config, run_dir)
+  assert 0.0 <= summary["label_accuracy"] <= 1.0 and summary["num_scored"] == 32
+  assert summary["sampler"]["guidance"]["kind"] == "classifier"
+  assert list((run_dir / "samples").glob("*classifier-scale2_n32_step4.json"))
+  shutil.rmtree(run_dir / "noisy_classifier")
+  with pytest.raises(FileNotFoundError, match="--mode=train_classifier"):
+    sampling_lib.run(config, run_dir)

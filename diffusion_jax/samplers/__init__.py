@@ -5,7 +5,8 @@ from diffusion_jax.samplers.ancestral import Ancestral
 from diffusion_jax.samplers.annealed_langevin import AnnealedLangevin
 from diffusion_jax.samplers.base import AbstractSampler, StepAux
 from diffusion_jax.samplers.chain import Chain
-from diffusion_jax.samplers.constraints import Inpaint
+from diffusion_jax.samplers.constraints import (COLOUR_BASIS, Inpaint, MaskedMeasurement,
+                                                 PosteriorSampling, RePaint, colorization)
 from diffusion_jax.samplers.ddim import DDIM
 from diffusion_jax.samplers.dpm_solver import DPMSolverPP
 from diffusion_jax.samplers.edm_stochastic import EDMStochastic
@@ -20,6 +21,6 @@ from diffusion_jax.samplers.unipc import UniPC
 
 __all__ = [
     "AbstractSampler", "AdaptiveODE", "Ancestral", "AnnealedLangevin", "Chain", "DDIM", "DPMSolverPP",
-    "EDMStochastic", "Euler", "EulerMaruyama", "Heun", "IPNDM", "Inpaint", "Langevin", "PredictorCorrector",
-    "ReverseDiffusion", "StepAux", "UniPC",
+    "EDMStochastic", "Euler", "EulerMaruyama", "Heun", "IPNDM", "Inpaint", "Langevin", "MaskedMeasurement", "PosteriorSampling",
+    "PredictorCorrector", "RePaint", "ReverseDiffusion", "StepAux", "UniPC", "COLOUR_BASIS", "colorization",
 ]

@@ -92,6 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
   e.classifier_steps = 400  # training steps of the evaluation classifier (cached after the first)
   e.bits_per_dim = True  # test-set bits/dim (PF-ODE, dequantized) and the DDPM bound (VP)
 
+  config.noisy_classifier = noisy_classifier_section()
+
   lc = config.likelihood
   lc.num_samples = 297  # test images scored
   lc.divergence = "hutchinson"  # exact costs D=HWC network calls per step
@@ -102,3 +104,21 @@ def get_config() -> ml_collections.ConfigDict:
   lc.data_range = (-1.0, 1.0)
   lc.elbo_steps = 250
   return config
+
+
+def noisy_classifier_section() -> ml_collections.ConfigDict:
+  """config.noisy_classifier (also filled into image workdirs saved before it existed)."""
+  # The noise-conditional classifier p(y | x_t, t) of classifier guidance (--mode=train_classifier,
+  # experiments/noisy_classifier.py): trained on the run's training split noised by its SDE.
+  nc = ml_collections.ConfigDict()
+  nc.channels = (32, 64)
+  nc.blocks_per_stage = 1
+  nc.feature_dim = 128
+  nc.dropout_rate = 0.1
+  nc.num_steps = 1_000
+  nc.batch_size = 64
+  nc.learning_rate = 2e-3
+  nc.warmup_steps = 50
+  nc.max_shift = 1
+  nc.t_min = 1e-3
+  return nc

@@ -92,6 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sampling.rtol = 1e-5  # adaptive
   config.sampling.atol = 1e-5
   config.sampling.batch_size = 2_048  # examples per compiled call (the progress bar's unit)
+  config.sampling.guidance = guidance_section()
 
   config.eval = ml_collections.ConfigDict()
   # RBF bandwidth of the MMD: the scale of the toy distributions' details (square edges, 0.1-std modes).
@@ -119,3 +120,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.likelihood.num_dequant_draws = 1
   config.likelihood.elbo_steps = 1000  # ddpm_elbo only
   return config
+
+
+def guidance_section() -> ml_collections.ConfigDict:
+  """config.sampling.guidance (also filled into workdirs saved before it existed)."""
+  # Guidance (diffusion_jax/guidance.py), applied to every sampler: kind "cfg" (classifier-free:
+  # needs num_classes > 0 and label_dropout > 0), "autoguidance" (--mode=sample: the EMA model of
+  # checkpoint guide_step of the same run is the guide) or "classifier" (images, --mode=sample: the
+  # run's noisy classifier from --mode=train_classifier, at strength scale); gamma = 1 + w
+  # (diffusers' guidance_scale); guidance only where sigma_lo < sigma(t)/alpha(t) <= sigma_hi.
+  g = ml_collections.ConfigDict()
+  g.kind = "none"  # One of: none, cfg, autoguidance, classifier.
+  g.gamma = 1.0
+  g.scale = 1.0
+  g.sigma_lo = 0.0
+  g.sigma_hi = float("inf")
+  g.guide_step = 0
+  return g
