@@ -85,10 +85,9 @@ def main(argv):
   guide_step = FLAGS.guide_step
   if guide_step is None:
     guide_step = kept[0] if kept[0] < step else 0
-  if guide_step and guide_step not in kept or guide_step >= step:
-    if guide_step:
-      raise app.UsageError(f"--guide_step={guide_step} must be a kept checkpoint before step {step}; "
-                           f"kept: {kept}.")
+  if guide_step and (guide_step not in kept or guide_step >= step):
+    raise app.UsageError(f"--guide_step={guide_step} must be a kept checkpoint before step {step}; "
+                         f"kept: {kept}.")
 
   variants = {"CFG": {"kind": "cfg"}}
   if interval:
