@@ -92,6 +92,11 @@ class NoiseInterval(flax.struct.PyTreeNode):
     return (level > self.sigma_lo) & (level <= self.sigma_hi)
 
 
+def _check_interval(interval) -> None:
+  if interval is not None:
+    _checks.check_instance("interval", interval, NoiseInterval, "NoiseInterval(sde, 0.3, 5.0)")
+
+
 def _strength(w: jax.Array, interval: NoiseInterval | None, t: jax.Array) -> jax.Array:
   """w inside the interval, exactly 0 outside it (so the guider is its base, bitwise)."""
   w = jnp.asarray(w, jnp.result_type(t, float))
@@ -123,8 +128,7 @@ class ClassifierFreeGuidance(flax.struct.PyTreeNode):
   def __post_init__(self):
     _check_conditional("score_fn", self.score_fn)
     _check_real("gamma", self.gamma)
-    if self.interval is not None:
-      _checks.check_instance("interval", self.interval, NoiseInterval, "NoiseInterval(sde, 0.3, 5.0)")
+    _check_interval(self.interval)
 
   @classmethod
   def with_weight(cls, score_fn, null_cond, w, **kwargs) -> "ClassifierFreeGuidance":
@@ -178,8 +182,7 @@ class ClassifierGuidance(flax.struct.PyTreeNode):
       if not callable(getattr(self, name)):
         raise TypeError(f"{name} must be callable, got {type(getattr(self, name)).__name__}.")
     _check_real("scale", self.scale)
-    if self.interval is not None:
-      _checks.check_instance("interval", self.interval, NoiseInterval, "NoiseInterval(sde, 0.3, 5.0)")
+    _check_interval(self.interval)
 
   def classifier_grad(self, x: jax.Array, t: jax.Array) -> jax.Array:
     """grad_x log p(c | x_t = x, t) for the bound class c."""
@@ -215,8 +218,7 @@ class Autoguidance(flax.struct.PyTreeNode):
         raise TypeError(f"{name} must be a score function score_fn(x, t), got "
                         f"{type(getattr(self, name)).__name__}.")
     _check_real("gamma", self.gamma)
-    if self.interval is not None:
-      _checks.check_instance("interval", self.interval, NoiseInterval, "NoiseInterval(sde, 0.3, 5.0)")
+    _check_interval(self.interval)
 
   def _bound(self, name: str) -> Callable:
     fn = getattr(self, name)

@@ -273,12 +273,18 @@ GUIDANCE_KINDS = ("none", "cfg", "autoguidance", "classifier")
 
 
 def guidance_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """config.sampling.guidance, or the unguided default for a workdir saved before it existed."""
+  """config.sampling.guidance, or the unguided default for a config made before it existed."""
   g = config.sampling.get("guidance")
   if g is None:
-    g = ml_collections.ConfigDict({"kind": "none", "gamma": 1.0, "scale": 1.0, "sigma_lo": 0.0,
-                                   "sigma_hi": float("inf"), "guide_step": 0})
+    from experiments.configs import toy2d
+
+    g = toy2d.guidance_section()
   return g
+
+
+def has_noise_interval(g: ml_collections.ConfigDict) -> bool:
+  """Whether config.sampling.guidance restricts guidance to a noise interval."""
+  return g.sigma_lo > 0 or g.sigma_hi != float("inf")
 
 
 def build_guidance(config: ml_collections.ConfigDict, sde, null_cond):
@@ -290,7 +296,7 @@ def build_guidance(config: ml_collections.ConfigDict, sde, null_cond):
   if g.kind == "none":
     return lambda score, guide_score=None: score
   interval = None
-  if g.sigma_lo > 0 or g.sigma_hi != float("inf"):
+  if has_noise_interval(g):
     interval = guidance.NoiseInterval(sde, float(g.sigma_lo), float(g.sigma_hi))
   if g.kind == "cfg":
     if null_cond is None:

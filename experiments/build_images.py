@@ -211,14 +211,6 @@ def evaluate_samples(config: ml_collections.ConfigDict, draw, train_set, test_se
   return summary, plot
 
 
-def _data_classes(train_set) -> int:
-  """The number of classes of a labelled image split (0 without labels)."""
-  if getattr(train_set, "labels", None) is None:
-    return 0
-  names = getattr(train_set, "class_names", None)
-  return len(names) if names else int(np.max(train_set.labels)) + 1
-
-
 def build_image_method(config: ml_collections.ConfigDict) -> Method:
   """config -> the image diffusion method: a U-Net (or NCSN) trained by DSM or EDM, the configured
   sampler, the image evaluation (``experiments/evaluate/images.py``) with test bits/dim."""
@@ -258,11 +250,13 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
     return parameterization.NetworkScore(model_fn, params, sde, prediction, cond)
 
   classifier_guided = build.guidance_config(config).kind == "classifier"
-  data_classes = _data_classes(train_set)
-  classifier_fn = None
+  classifier_fn, data_classes = None, 0
   if classifier_guided:
+    from experiments import classifier as classifier_lib
     from experiments import noisy_classifier
 
+    data_classes = classifier_lib.num_classes_of(
+        classifier_lib.labelled("train_set", train_set)[1], train_set)
     classifier_module = noisy_classifier.recipe(config).module(data_classes, noise_conditional=True)
     classifier_fn = lambda p: noisy_classifier.NoisyClassifierFn(classifier_module, p)  # noqa: E731
   sample = build.guided_sample_fn(config, sde, sampler, ts, shape, denoise_final, score_fn,

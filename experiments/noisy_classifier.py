@@ -74,18 +74,17 @@ def train(config: ml_collections.ConfigDict, workdir, *, log=print) -> dict:
   return info
 
 
-def load(config: ml_collections.ConfigDict, workdir) -> tuple[NoisyClassifierFn, dict]:
-  """The run's trained noisy classifier as a ``NoisyClassifierFn`` and its info."""
-  from experiments import build_images
-
+def load(config: ml_collections.ConfigDict, workdir,
+         example_shape) -> tuple[NoisyClassifierFn, dict]:
+  """The run's trained noisy classifier as a ``NoisyClassifierFn`` and its info; ``example_shape``
+  is one image's (H, W, C) (the method's ``example_shape``), for the parameters' structure."""
   out = pathlib.Path(workdir) / DIRECTORY
   if not (out / "info.json").exists():
     raise FileNotFoundError(f"No noisy classifier in {out}: train it first with "
                             f"--workdir={workdir} --mode=train_classifier.")
   info = json.loads((out / "info.json").read_text())
   module = recipe(config).module(info["num_classes"], noise_conditional=True)
-  shape = build_images.build_image_data(config)[0].shape
-  template = init_classifier(module, jr.key(0), jnp.zeros((1, *shape)), jnp.ones((1,)))
+  template = init_classifier(module, jr.key(0), jnp.zeros((1, *example_shape)), jnp.ones((1,)))
   params = flax.serialization.from_bytes(template, (out / "params.msgpack").read_bytes())
   return NoisyClassifierFn(module, jax.tree.map(jnp.asarray, params)), info
 

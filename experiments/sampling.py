@@ -54,7 +54,7 @@ def output_stem(config: ml_collections.ConfigDict, step: int) -> str:
   if g.kind != "none":
     guided = (f"classifier-scale{g.scale:g}" if g.kind == "classifier" else
               f"{g.kind}-gamma{g.gamma:g}")
-    if g.sigma_lo > 0 or g.sigma_hi != float("inf"):
+    if build.has_noise_interval(g):
       guided += f"-sigma{g.sigma_lo:g}-{g.sigma_hi:g}"
     if g.kind == "autoguidance":
       guided += f"-guide{g.guide_step}"
@@ -70,9 +70,9 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
   method = build.build_method(config)
   sc = config.sampling
   ts = np.asarray(build.build_time_grid(config, build.build_sde(config)))
+  abstract = train_lib.abstract_state(method, config, sharding.replicated(mesh))
   with Checkpoints(workdir, read_only=True) as checkpoints:
-    state, restored = checkpoints.restore(
-        train_lib.abstract_state(method, config, sharding.replicated(mesh)), step=step)
+    state, restored = checkpoints.restore(abstract, step=step)
     if state is None:
       raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}.")
     params = state.ema_params
@@ -84,13 +84,12 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
         raise ValueError(f"config.sampling.guidance.guide_step={g.guide_step} must name an earlier "
                          f"checkpoint of this run than the sampled one (step {restored}); kept: "
                          f"{checkpoints.steps()}.")
-      guide, _ = checkpoints.restore(
-          train_lib.abstract_state(method, config, sharding.replicated(mesh)), step=g.guide_step)
+      guide, _ = checkpoints.restore(abstract, step=g.guide_step)
       params = {"main": params, "guide": guide.ema_params}
   if g.kind == "classifier":
     from experiments import noisy_classifier
 
-    classifier, _ = noisy_classifier.load(config, workdir)
+    classifier, _ = noisy_classifier.load(config, workdir, method.example_shape)
     params = {"main": params, "classifier": classifier.params}
 
   draws, draw = train_lib.recording_draw(

@@ -111,9 +111,9 @@ def get_config(workdir: str) -> ml_collections.ConfigDict:
     raise WorkdirError(f"{pathlib.Path(workdir) / CONFIG_FILE} does not exist; pass --config.")
   from experiments.configs import image_base, toy2d
 
-  if "sampling" in config and "guidance" not in config.sampling:
-    config.sampling.guidance = toy2d.guidance_section()
-  elif "sampling" in config:
+  if "sampling" in config:
+    if "guidance" not in config.sampling:
+      config.sampling.guidance = ml_collections.ConfigDict()
     for key, value in toy2d.guidance_section().items():
       if key not in config.sampling.guidance:
         config.sampling.guidance[key] = value

@@ -223,7 +223,7 @@ def test_noisy_classifier_trains_on_the_run_and_guides_its_sampler(digits_run, t
   accuracy = info["test_accuracy_by_t"]
   assert len(accuracy) == 5 and all(0.0 <= a <= 1.0 for a in accuracy.values())
   assert (run_dir / "noisy_classifier" / "params.msgpack").is_file()
-  classifier, _ = noisy_classifier.load(config, run_dir)
+  classifier, _ = noisy_classifier.load(config, run_dir, (8, 8, 1))
   x = jnp.zeros((8, 8, 1))
   log_p = classifier(x, jnp.asarray(0.5))
   assert log_p.shape == (10,) and float(jnp.abs(jax.nn.logsumexp(log_p))) < 1e-5  # log-probabilities

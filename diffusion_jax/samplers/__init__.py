@@ -20,7 +20,8 @@ from diffusion_jax.samplers.reverse_diffusion import ReverseDiffusion
 from diffusion_jax.samplers.unipc import UniPC
 
 __all__ = [
-    "AbstractSampler", "AdaptiveODE", "Ancestral", "AnnealedLangevin", "Chain", "DDIM", "DPMSolverPP",
-    "EDMStochastic", "Euler", "EulerMaruyama", "Heun", "IPNDM", "Inpaint", "Langevin", "MaskedMeasurement", "PosteriorSampling",
-    "PredictorCorrector", "RePaint", "ReverseDiffusion", "StepAux", "UniPC", "COLOUR_BASIS", "colorization",
+    "AbstractSampler", "AdaptiveODE", "Ancestral", "AnnealedLangevin", "COLOUR_BASIS", "Chain",
+    "DDIM", "DPMSolverPP", "EDMStochastic", "Euler", "EulerMaruyama", "Heun", "IPNDM", "Inpaint",
+    "Langevin", "MaskedMeasurement", "PosteriorSampling", "PredictorCorrector", "RePaint",
+    "ReverseDiffusion", "StepAux", "UniPC", "colorization",
 ]

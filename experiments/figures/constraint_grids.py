@@ -52,9 +52,9 @@ flags.adopt_module_key_flags(_common)
 FLAGS = flags.FLAGS
 
 
-def _masks(task, images):
-  """(mask, value): mask 1 where the test image is known; value the images (model space)."""
-  n, h, w, c = images.shape
+def _mask(task, images):
+  """1 where the test image is known (its right, left or bottom half is sampled)."""
+  _, h, w, _ = images.shape
   mask = np.zeros(images.shape, np.float32)
   if task == "inpaint_right":
     mask[:, :, : w // 2] = 1.0
@@ -62,7 +62,7 @@ def _masks(task, images):
     mask[:, :, w // 2:] = 1.0
   elif task == "inpaint_bottom":
     mask[:, : h // 2] = 1.0
-  return mask, images
+  return mask
 
 
 def _restore(config, workdir, step, method):
@@ -114,9 +114,9 @@ def main(argv):
     known = np.repeat(grey[..., None], 3, axis=-1)  # what is shown as "known"
     constrained = lambda: S.colorization(inner, jnp.asarray(grey))  # noqa: E731
   else:
-    mask, value = _masks(FLAGS.task, images)
+    mask = _mask(FLAGS.task, images)
     known = np.where(mask > 0, images, -1.0)
-    constrained = lambda: S.Inpaint(inner, jnp.asarray(mask), jnp.asarray(value))  # noqa: E731
+    constrained = lambda: S.Inpaint(inner, jnp.asarray(mask), jnp.asarray(images))  # noqa: E731
 
   results, rows, raw = {}, {}, {}
   for name in FLAGS.methods:
@@ -128,10 +128,10 @@ def main(argv):
       if FLAGS.task == "colorize":
         continue
       sampler = S.PosteriorSampling(inner, S.MaskedMeasurement(jnp.asarray(mask)),
-                                    jnp.asarray(mask * value),
+                                    jnp.asarray(mask * images),
                                     jnp.full((n,), FLAGS.dps_zeta))  # per example: sampler_axes=0
       if name == "dps_replace":  # DPS's gradient step, then the known pixels put back
-        sampler = S.Inpaint(sampler, jnp.asarray(mask), jnp.asarray(value))
+        sampler = S.Inpaint(sampler, jnp.asarray(mask), jnp.asarray(images))
       steps = max(1, (len(ts) - 1) // 2)
       grid = np.asarray(build.build_time_grid(_with_steps(config, steps), sde))
     else:
