@@ -20,7 +20,8 @@ from diffusion_jax.losses import (EDMLossOutput, LossOutput, Weighting, dsm_loss
 from diffusion_jax.nets import GaussianFourierEmbedding, ScoreMLP, SinusoidalEmbedding, as_model_fn
 from diffusion_jax.parameterization import EDMPrecond, NetworkScore, Prediction, convert
 from diffusion_jax.samplers import (DDIM, IPNDM, AbstractSampler, AdaptiveODE, Ancestral,
-                                    AnnealedLangevin, Chain, DPMSolverPP, EDMStochastic, Euler,
+                                    AnnealedLangevin, CFGPlusPlus, Chain, DPMSolverPP,
+                                    EDMStochastic, Euler,
                                     EulerMaruyama, Heun, Inpaint, Langevin, PosteriorSampling,
                                     PredictorCorrector, RePaint, ReverseDiffusion, UniPC,
                                     colorization)

@@ -67,11 +67,12 @@ def check_bool(name: str, value) -> None:
 
 def check_instance(name: str, value, cls, example: str) -> None:
   """A TypeError naming the argument for a string, a class instead of an instance, or another object."""
+  wanted = " or ".join(c.__name__ for c in cls) if isinstance(cls, tuple) else cls.__name__
   if isinstance(value, type) and issubclass(value, cls):
-    raise TypeError(f"{name} must be an instance of {cls.__name__}, got the class {value.__name__}; "
+    raise TypeError(f"{name} must be an instance of {wanted}, got the class {value.__name__}; "
                     f"call it, e.g. {name}={value.__name__}().")
   if not isinstance(value, cls):
-    raise TypeError(f"{name} must be an instance of {cls.__name__} (e.g. {example}), "
+    raise TypeError(f"{name} must be an instance of {wanted} (e.g. {example}), "
                     f"got {type(value).__name__} {value!r:.60}.")
 
 

@@ -225,6 +225,12 @@ def build_sampler(config: ml_collections.ConfigDict):
   if start:
     # Ancestral steps first, then the sampler: forgets most of the prior mismatch (samplers.Chain).
     sampler = samplers.Chain(samplers.DDIM(eta=1.0), sampler, steps=start)
+  if guidance_config(config).kind == "cfgpp":
+    if not isinstance(sampler, (samplers.DDIM, samplers.DPMSolverPP)):
+      raise ValueError("config.sampling.guidance.kind='cfgpp' (CFG++, defined for DDIM-type steps) "
+                       "needs config.sampling.sampler ddim, dpm_solver_2m or dpm_solver_3m with no "
+                       f"corrector and no ancestral_start_steps, got {sampler!r:.80}.")
+    sampler = samplers.CFGPlusPlus(sampler)
   return sampler
 
 
@@ -269,7 +275,7 @@ def build_flow_variable(config: ml_collections.ConfigDict, sde):
   raise _unknown("config.likelihood.variable", name, ("auto", "t", "sigma"))
 
 
-GUIDANCE_KINDS = ("none", "cfg", "autoguidance", "classifier")
+GUIDANCE_KINDS = ("none", "cfg", "cfgpp", "autoguidance", "classifier")
 
 
 def guidance_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -298,10 +304,12 @@ def build_guidance(config: ml_collections.ConfigDict, sde, null_cond):
   interval = None
   if has_noise_interval(g):
     interval = guidance.NoiseInterval(sde, float(g.sigma_lo), float(g.sigma_hi))
-  if g.kind == "cfg":
+  if g.kind in ("cfg", "cfgpp"):
+    # cfgpp: the same guider, its gamma CFG++'s lambda; build_sampler wraps the sampler in
+    # samplers.CFGPlusPlus, which reads both scores off it.
     if null_cond is None:
-      raise ValueError("config.sampling.guidance.kind='cfg' needs a class-conditional model trained "
-                       "with label dropout (config.model.num_classes > 0 and "
+      raise ValueError(f"config.sampling.guidance.kind={g.kind!r} needs a class-conditional model "
+                       "trained with label dropout (config.model.num_classes > 0 and "
                        "config.model.label_dropout > 0): its null label is the unconditional model.")
     return lambda score, guide_score=None: guidance.ClassifierFreeGuidance(
         score, null_cond, float(g.gamma), interval=interval)

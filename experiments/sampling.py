@@ -52,8 +52,8 @@ def output_stem(config: ml_collections.ConfigDict, step: int) -> str:
     parts.append(f"denoise-{sc.denoise_final}")
   g = build.guidance_config(config)
   if g.kind != "none":
-    guided = (f"classifier-scale{g.scale:g}" if g.kind == "classifier" else
-              f"{g.kind}-gamma{g.gamma:g}")
+    guided = {"classifier": f"classifier-scale{g.scale:g}",
+              "cfgpp": f"cfgpp-lambda{g.gamma:g}"}.get(g.kind, f"{g.kind}-gamma{g.gamma:g}")
     if build.has_noise_interval(g):
       guided += f"-sigma{g.sigma_lo:g}-{g.sigma_hi:g}"
     if g.kind == "autoguidance":

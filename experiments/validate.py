@@ -323,11 +323,15 @@ def _check_guidance(config, c) -> None:
   c.nonnegative("sampling.guidance.sigma_lo")
   c.less("sampling.guidance.sigma_lo", "sampling.guidance.sigma_hi")
   c.int("sampling.guidance.guide_step", minimum=0)
-  if kind == "cfg" and not (c.get("model.num_classes") and c.get("model.label_dropout")):
-    raise ConfigError("config.sampling.guidance.kind='cfg' needs a class-conditional model trained "
-                      "with label dropout: config.model.num_classes > 0 and "
+  if kind in ("cfg", "cfgpp") and not (c.get("model.num_classes") and c.get("model.label_dropout")):
+    raise ConfigError(f"config.sampling.guidance.kind={kind!r} needs a class-conditional model "
+                      "trained with label dropout: config.model.num_classes > 0 and "
                       f"config.model.label_dropout > 0, got {c.get('model.num_classes')!r} and "
                       f"{c.get('model.label_dropout')!r}.")
+  if kind == "cfgpp" and (c.get("sampling.guidance.sigma_lo") > 0
+                          or c.get("sampling.guidance.sigma_hi") != float("inf")):
+    raise ConfigError("config.sampling.guidance.kind='cfgpp' has no noise interval: leave "
+                      "config.sampling.guidance.sigma_lo at 0 and sigma_hi at inf.")
   if kind == "classifier" and c.get("noisy_classifier") is _ABSENT:
     raise ConfigError("config.sampling.guidance.kind='classifier' is for image runs (their "
                       "config.noisy_classifier section: --mode=train_classifier).")

@@ -300,9 +300,10 @@ def test_sharded_sampling_with_a_condition_per_example_matches_one_batch_per_con
 
 
 def test_configured_guidance_wraps_the_sampler_of_a_conditional_model():
-  """config.sampling.guidance: cfg at gamma = 1 is the unguided conditional model; other strengths,
-  the noise interval and autoguidance (params {"main", "guide"}) change the samples; configs that
-  cannot be guided are refused before any work."""
+  """config.sampling.guidance: cfg at gamma = 1 is the unguided conditional model and cfgpp (CFG++)
+  at lambda = 0 the unconditional one; other strengths, the noise interval and autoguidance (params
+  {"main", "guide"}) change the samples; configs that cannot be guided are refused before any
+  work."""
   from experiments import sampling as sampling_lib
   from experiments import validate
 
@@ -315,14 +316,15 @@ def test_configured_guidance_wraps_the_sampler_of_a_conditional_model():
   other = jax.tree.map(lambda p: 0.9 * p, params)  # a different network as the guide
   labels = np.arange(16, dtype=np.int32) % 3
 
-  def draw(kind="none", gamma=1.0, params=params, **fields):
+  def draw(kind="none", gamma=1.0, params=params, sampler=None, cond=labels, **fields):
     c = config.copy_and_resolve_references()
     c.sampling.guidance.kind, c.sampling.guidance.gamma = kind, gamma
     c.sampling.guidance.update(fields)
+    c.sampling.sampler = sampler or c.sampling.sampler
     validate.validate(c, "sample")
     m = build.build_method(c)
     program = sharding.make_sharded_sampler(m.sample, mesh)
-    return sharding.draw(program, params, jr.key(3), num=16, mesh=mesh, cond=labels)["x"], c
+    return sharding.draw(program, params, jr.key(3), num=16, mesh=mesh, cond=cond)["x"], c
 
   plain, _ = draw()
   unit, _ = draw("cfg", 1.0)
@@ -338,6 +340,14 @@ def test_configured_guidance_wraps_the_sampler_of_a_conditional_model():
   auto, c = draw("autoguidance", 2.0, params={"main": params, "guide": other}, guide_step=50)
   assert not np.allclose(auto, plain, atol=1e-3) and np.all(np.isfinite(auto))
   assert "autoguidance-gamma2-guide50" in sampling_lib.output_stem(c, 100)
+  unconditional, _ = draw(sampler="ddim", cond=np.full(16, 3, np.int32))  # 3: the null label
+  cfgpp0, c = draw("cfgpp", 0.0, sampler="ddim")
+  assert "CFGPlusPlus(inner=DDIM" in repr(build.build_sampler(c))
+  # The same pair-batched call as above: float32 rounding of a differently batched matmul.
+  np.testing.assert_allclose(cfgpp0, unconditional, rtol=1e-5, atol=1e-6)
+  cfgpp, c = draw("cfgpp", 0.5, sampler="dpm_solver_2m")
+  assert not np.allclose(cfgpp, unconditional, atol=1e-3) and np.all(np.isfinite(cfgpp))
+  assert "cfgpp-lambda0.5" in sampling_lib.output_stem(c, 100)
 
   bad = config.copy_and_resolve_references()
   bad.sampling.guidance.kind = "autoguidance"
@@ -349,6 +359,12 @@ def test_configured_guidance_wraps_the_sampler_of_a_conditional_model():
   bad.sampling.guidance.kind, bad.model.label_dropout = "cfg", 0.0
   with pytest.raises(validate.ConfigError, match="label_dropout > 0"):
     validate.validate(bad, "sample")
-  bad.model.label_dropout, bad.sampling.guidance.kind = 0.1, "clf"
+  bad.model.label_dropout, bad.sampling.guidance.kind = 0.1, "cfgpp"
+  with pytest.raises(validate.ConfigError, match="needs config.sampling.sampler ddim"):
+    validate.validate(bad, "sample")  # the toy's default sampler is Euler-Maruyama
+  bad.sampling.sampler, bad.sampling.guidance.sigma_lo = "ddim", 0.5
+  with pytest.raises(validate.ConfigError, match="'cfgpp' has no noise interval"):
+    validate.validate(bad, "sample")
+  bad.sampling.guidance.kind = "clf"
   with pytest.raises(validate.ConfigError, match="guidance.kind must be one of"):
     validate.validate(bad, "sample")

@@ -168,7 +168,8 @@ def test_image_figures_sample_the_workdir_and_reuse_its_points(digits_run, tmp_p
   # step-2 checkpoint, at w = 0 (the run's own sampler, read back from its file) and w = 1.
   workdir_config = build.guidance_config(config)
   assert workdir_config.kind == "none"
-  out_sweep = script("guidance_sweep", f"--workdir={workdir}", "--weights=0,1", "--num=32")
+  out_sweep = script("guidance_sweep", f"--workdir={workdir}", "--weights=0,1", "--num=32",
+                     "--cfgpp_lambdas=0,0.5")
   sweep = json.loads((tmp_path / "guidance_sweep.json").read_text())
   assert sweep["guide_step"] == 2 and len(sweep["results"]) == 3
   for variant in sweep["results"].values():
@@ -180,6 +181,11 @@ def test_image_figures_sample_the_workdir_and_reuse_its_points(digits_run, tmp_p
   assert stems == ["ancestral_time_uniform_3steps_tmin0.001_autoguidance-gamma2-guide2_n32_step4.json",
                    "ancestral_time_uniform_3steps_tmin0.001_cfg-gamma2-sigma0.3-5_n32_step4.json",
                    "ancestral_time_uniform_3steps_tmin0.001_cfg-gamma2_n32_step4.json"], stems
+  # CFG++ on DDIM at the run's grid: its lambdas, and the unguided DDIM reference.
+  assert [r["lambda"] for r in sweep["cfgpp"]["rows"]] == [0, 0.5]
+  assert sweep["cfgpp"]["unguided"]["label_accuracy"] is not None
+  assert (workdir / "samples" /
+          "ddim-eta0_time_uniform_3steps_tmin0.001_cfgpp-lambda0.5_n32_step4.json").exists()
   assert "guidance_sweep.png" in out_sweep
   assert "ddim at 3 NFE: read" in out
   assert (tmp_path / "image_sample_grids_digits.png").stat().st_size > 1000
@@ -235,6 +241,29 @@ def test_noisy_classifier_trains_on_the_run_and_guides_its_sampler(digits_run, t
   assert 0.0 <= summary["label_accuracy"] <= 1.0 and summary["num_scored"] == 32
   assert summary["sampler"]["guidance"]["kind"] == "classifier"
   assert list((run_dir / "samples").glob("*classifier-scale2_n32_step4.json"))
+
+  # The figure: scale 2 is read back from the file above, scale 0 drawn (the unguided model).
+  def figure():
+    import subprocess
+    import sys
+
+    from experiment_helpers import REPO, subprocess_env
+
+    return subprocess.run([sys.executable, str(REPO / "experiments" / "figures" /
+                                                "classifier_guidance_sweep.py"),
+                           f"--workdir={run_dir}", "--scales=0,2", "--num=32", f"--out={tmp_path}"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                          timeout=600)
+
+  proc = figure()
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "classifier-scale2_n32_step4.json" in proc.stdout  # read back, not drawn again
+  rows = json.loads((tmp_path / "classifier_guidance_sweep.json").read_text())["rows"]
+  assert [r["scale"] for r in rows] == [0, 2]
+  assert rows[1]["label_accuracy"] == summary["label_accuracy"]
+  assert (tmp_path / "classifier_guidance_sweep.png").stat().st_size > 1000
   shutil.rmtree(run_dir / "noisy_classifier")
   with pytest.raises(FileNotFoundError, match="--mode=train_classifier"):
     sampling_lib.run(config, run_dir)
+  proc = figure()
+  assert proc.returncode != 0 and "--mode=train_classifier" in proc.stderr

@@ -4,6 +4,7 @@ from diffusion_jax.samplers.adaptive import AdaptiveODE
 from diffusion_jax.samplers.ancestral import Ancestral
 from diffusion_jax.samplers.annealed_langevin import AnnealedLangevin
 from diffusion_jax.samplers.base import AbstractSampler, StepAux
+from diffusion_jax.samplers.cfgpp import CFGPlusPlus
 from diffusion_jax.samplers.chain import Chain
 from diffusion_jax.samplers.constraints import (COLOUR_BASIS, Inpaint, MaskedMeasurement,
                                                  PosteriorSampling, RePaint, colorization)
@@ -20,8 +21,8 @@ from diffusion_jax.samplers.reverse_diffusion import ReverseDiffusion
 from diffusion_jax.samplers.unipc import UniPC
 
 __all__ = [
-    "AbstractSampler", "AdaptiveODE", "Ancestral", "AnnealedLangevin", "COLOUR_BASIS", "Chain",
-    "DDIM", "DPMSolverPP", "EDMStochastic", "Euler", "EulerMaruyama", "Heun", "IPNDM", "Inpaint",
-    "Langevin", "MaskedMeasurement", "PosteriorSampling", "PredictorCorrector", "RePaint",
-    "ReverseDiffusion", "StepAux", "UniPC", "colorization",
+    "AbstractSampler", "AdaptiveODE", "Ancestral", "AnnealedLangevin", "CFGPlusPlus",
+    "COLOUR_BASIS", "Chain", "DDIM", "DPMSolverPP", "EDMStochastic", "Euler", "EulerMaruyama", "Heun",
+    "IPNDM", "Inpaint", "Langevin", "MaskedMeasurement", "PosteriorSampling", "PredictorCorrector",
+    "RePaint", "ReverseDiffusion", "StepAux", "UniPC", "colorization",
 ]

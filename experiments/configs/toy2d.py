@@ -126,11 +126,13 @@ def guidance_section() -> ml_collections.ConfigDict:
   """config.sampling.guidance (also filled into workdirs saved before it existed)."""
   # Guidance (diffusion_jax/guidance.py), applied to every sampler: kind "cfg" (classifier-free:
   # needs num_classes > 0 and label_dropout > 0), "autoguidance" (--mode=sample: the EMA model of
-  # checkpoint guide_step of the same run is the guide) or "classifier" (images, --mode=sample: the
-  # run's noisy classifier from --mode=train_classifier, at strength scale); gamma = 1 + w
-  # (diffusers' guidance_scale); guidance only where sigma_lo < sigma(t)/alpha(t) <= sigma_hi.
+  # checkpoint guide_step of the same run is the guide), "classifier" (images, --mode=sample: the
+  # run's noisy classifier from --mode=train_classifier, at strength scale) or "cfgpp" (CFG++,
+  # Chung et al. 2024, as cfg but for the ddim / dpm_solver_2m / dpm_solver_3m samplers, with gamma
+  # read as CFG++'s lambda, usually in [0, 1]); gamma = 1 + w (diffusers' guidance_scale); guidance
+  # only where sigma_lo < sigma(t)/alpha(t) <= sigma_hi (not for cfgpp).
   g = ml_collections.ConfigDict()
-  g.kind = "none"  # One of: none, cfg, autoguidance, classifier.
+  g.kind = "none"  # One of: none, cfg, cfgpp, autoguidance, classifier.
   g.gamma = 1.0
   g.scale = 1.0
   g.sigma_lo = 0.0

@@ -39,6 +39,10 @@ DISPLAY = {
     "annealed_langevin": "annealed Langevin",
 }
 SDE_NAMES = {"vp": "VP", "subvp": "sub-VP", "ve": "VE"}
+# The summary fields the guidance figures keep per point.
+GUIDED_KEYS = ("fd_features", "fd_features_floor", "fd_features_floor_std", "fd_pixels",
+               "fd_pixels_floor", "fd_pixels_floor_std", "label_accuracy", "confident_fraction",
+               "class_entropy_bits", "nfe_mean")
 
 
 def check_samplers(names) -> list[str]:
@@ -106,6 +110,37 @@ def point(config, workdir, step: int, sampler: str, nfe: int, num: int) -> dict:
   else:
     summary = sampling.run(config, workdir, step=step)
   return {**summary, "npz": str(stem.parent / f"{stem.name}.npz")}
+
+
+def floats(text: str, name: str, count: int | None = None) -> list[float]:
+  """A comma-separated flag of numbers >= 0 (``count`` of them, if given), or a usage error."""
+  try:
+    values = [float(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    values = None
+  if not values or min(values) < 0 or (count is not None and len(values) != count):
+    what = f"{count} numbers" if count else "numbers"
+    raise app.UsageError(f"--{name} must be comma-separated {what} >= 0, got {text!r}.")
+  return values
+
+
+def guided_point(config, workdir, step: int, num: int, sampler: str | None = None,
+                 **guidance) -> dict:
+  """The summary of ``num`` samples of the run's sampler (or ``sampler``, same grid and steps) with
+  the config.sampling.guidance fields ``guidance`` (cached on disk, like ``point``)."""
+  from experiments import sampling
+
+  config = config.copy_and_resolve_references()
+  if sampler is not None:
+    config.sampling.sampler = sampler
+  config.sampling.num_samples = num
+  config.sampling.batch_size = min(config.sampling.batch_size, num)
+  config.sampling.guidance.update(guidance)
+  path = pathlib.Path(workdir) / "samples" / f"{sampling.output_stem(config, step)}.json"
+  if path.exists():
+    print(f"read {path}", flush=True)
+    return json.loads(path.read_text())
+  return sampling.run(config, workdir, step=step)
 
 
 def images_in_unit_range(config, npz_path) -> np.ndarray:

@@ -1,9 +1,11 @@
 """The Ho & Salimans sweep on a class-conditional image model: sample quality and class accuracy
 against the guidance weight w, for plain classifier-free guidance, CFG with a noise-level
-interval (Kynkaanniemi et al. 2024) and autoguidance (Karras et al. 2024).
+interval (Kynkaanniemi et al. 2024) and autoguidance (Karras et al. 2024); and CFG++ (Chung et
+al. 2024) against its lambda.
 
   python experiments/figures/guidance_sweep.py --workdir=workdirs/digits_cond \
-      [--weights=0,0.1,0.3,0.5,1,2,4] [--interval=0.3,5] [--guide_step=400] [--num=1000]
+      [--weights=0,0.1,0.3,0.5,1,2,4] [--interval=0.3,5] [--guide_step=400] [--num=1000] \
+      [--cfgpp_lambdas=0,0.05,0.1,0.2,0.4] [--cfgpp_sampler=ddim]
 
 w is Ho & Salimans' weight: guided = (1 + w) s(x | y) - w s(x | null), gamma = 1 + w (diffusers'
 guidance_scale); w = 0 is the unguided conditional model. Autoguidance at weight w uses the same
@@ -11,12 +13,14 @@ gamma = 1 + w with the EMA model of checkpoint --guide_step of the same run as i
 the classifier-feature Frechet distance over its floor (the grey band is the floor's spread);
 middle: the share of samples the evaluation classifier reads as the label they were drawn for;
 right: the class entropy of the classifier's readings (the data's is about log2(10) = 3.32 bits).
+The second row is CFG++ with --cfgpp_sampler on the run's grid and step count (CFG++ is defined
+for DDIM-type steps; lambda = 0 is the unconditional model), next to the unguided conditional model
+drawn by the same sampler and by the run's own.
 Each point is ``--mode=sample`` (experiments/sampling.py), kept in ``<workdir>/samples/`` and read
 back when present, so the figure can be redrawn for free. The sampler is the run's own.
 """
 
-import json
-import pathlib
+import functools
 
 import _common
 import _image_sweep
@@ -30,40 +34,17 @@ flags.DEFINE_string("interval", "0.3,5", "sigma_lo,sigma_hi of the interval vari
                     "levels sigma/alpha); empty: no interval variant.")
 flags.DEFINE_integer("guide_step", None, "Autoguidance: the earlier checkpoint whose EMA model "
                      "guides (default: the oldest kept); 0: no autoguidance variant.")
+flags.DEFINE_string("cfgpp_lambdas", "0,0.05,0.1,0.2,0.4", "CFG++ strengths lambda; empty: no "
+                    "CFG++ row.")
+flags.DEFINE_enum("cfgpp_sampler", "ddim", ["ddim", "dpm_solver_2m", "dpm_solver_3m"],
+                  "The sampler CFG++ wraps.")
 flags.DEFINE_integer("num", 1000, "Samples per point (the floors are taken at this n).",
                      lower_bound=10)
 flags.mark_flag_as_required("workdir")
 _image_sweep.define_config_flag()
 flags.adopt_module_key_flags(_common)
 FLAGS = flags.FLAGS
-KEYS = ("fd_features", "fd_features_floor", "fd_features_floor_std", "fd_pixels", "fd_pixels_floor",
-        "label_accuracy", "confident_fraction", "class_entropy_bits", "nfe_mean")
-
-
-def _floats(text: str, name: str, count: int | None = None) -> list[float]:
-  try:
-    values = [float(v) for v in text.split(",") if v.strip()]
-  except ValueError:
-    values = None
-  if not values or min(values) < 0 or (count is not None and len(values) != count):
-    what = f"{count} numbers" if count else "numbers"
-    raise app.UsageError(f"--{name} must be comma-separated {what} >= 0, got {text!r}.")
-  return values
-
-
-def _point(config, workdir, step, num, **guidance):
-  from experiments import sampling
-
-  config = config.copy_and_resolve_references()
-  config.sampling.num_samples = num
-  config.sampling.batch_size = min(config.sampling.batch_size, num)
-  config.sampling.guidance.update(guidance)
-  stem = sampling.output_stem(config, step)
-  path = pathlib.Path(workdir) / "samples" / f"{stem}.json"
-  if path.exists():
-    print(f"read {path}", flush=True)
-    return json.loads(path.read_text())
-  return sampling.run(config, workdir, step=step)
+KEYS = _image_sweep.GUIDED_KEYS
 
 
 def main(argv):
@@ -71,8 +52,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from experiments import checkpoints as checkpoints_lib
 
-  weights = _floats(FLAGS.weights, "weights")
-  interval = _floats(FLAGS.interval, "interval", 2) if FLAGS.interval.strip() else None
+  weights = _image_sweep.floats(FLAGS.weights, "weights")
+  lambdas = (_image_sweep.floats(FLAGS.cfgpp_lambdas, "cfgpp_lambdas")
+             if FLAGS.cfgpp_lambdas.strip() else [])
+  interval = _image_sweep.floats(FLAGS.interval, "interval", 2) if FLAGS.interval.strip() else None
   if interval and not interval[0] < interval[1]:
     raise app.UsageError(f"--interval needs sigma_lo < sigma_hi, got {FLAGS.interval!r}.")
   config, step = _image_sweep.load(FLAGS["config"], FLAGS.workdir, FLAGS.checkpoint_step)
@@ -89,6 +72,7 @@ def main(argv):
     raise app.UsageError(f"--guide_step={guide_step} must be a kept checkpoint before step {step}; "
                          f"kept: {kept}.")
 
+  point = functools.partial(_image_sweep.guided_point, config, FLAGS.workdir, step, FLAGS.num)
   variants = {"CFG": {"kind": "cfg"}}
   if interval:
     variants[f"CFG, sigma in ({interval[0]:g}, {interval[1]:g}]"] = {
@@ -101,15 +85,34 @@ def main(argv):
     rows = []
     for w in weights:
       # w = 0 is the unguided model for every variant: sampled once, without guidance.
-      s = (_point(config, FLAGS.workdir, step, FLAGS.num, kind="none") if w == 0 else
-           _point(config, FLAGS.workdir, step, FLAGS.num, gamma=1.0 + w, **fields))
+      s = point(kind="none") if w == 0 else point(gamma=1.0 + w, **fields)
       rows.append({"w": w, **{k: s.get(k) for k in KEYS}})
     results[name] = rows
     print(name, [(r["w"], round(r["fd_features"] / r["fd_features_floor"], 3),
                   round(r["label_accuracy"], 3)) for r in rows], flush=True)
 
+  cfgpp = {}
+  if lambdas:
+    sampler = FLAGS.cfgpp_sampler
+    # The conditional model unguided, by CFG++'s sampler: the reference of the CFG++ row.
+    s = point(sampler=sampler, kind="none")
+    cfgpp["unguided"] = {k: s.get(k) for k in KEYS}
+    s = point(kind="none")  # the run's own sampler, unguided (w = 0 above: read back)
+    cfgpp["unguided_run_sampler"] = {k: s.get(k) for k in KEYS}
+    cfgpp["rows"] = []
+    for lam in lambdas:
+      s = point(sampler=sampler, kind="cfgpp", gamma=lam)
+      cfgpp["rows"].append({"lambda": lam, **{k: s.get(k) for k in KEYS}})
+    print(f"CFG++ ({sampler})", [(r["lambda"], round(r["fd_features"] / r["fd_features_floor"], 3),
+                                  round(r["label_accuracy"], 3)) for r in cfgpp["rows"]],
+          flush=True)
+
   plt = _common.pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+  fig, axes = plt.subplots(2 if lambdas else 1, 3, figsize=(15, 8.6 if lambdas else 4.3),
+                           squeeze=False)
+  if lambdas:
+    _plot_cfgpp(axes[1], cfgpp, lambdas, config)
+  axes = axes[0]
   first = next(iter(results.values()))[0]
   floor, spread = first["fd_features_floor"], first["fd_features_floor_std"]
   axes[0].axhspan(1 - spread / floor, 1 + spread / floor, color="grey", alpha=0.25,
@@ -134,7 +137,27 @@ def main(argv):
   _common.write(FLAGS.out, "guidance_sweep", fig,
                 {"workdir": str(FLAGS.workdir), "checkpoint_step": step, "num": FLAGS.num,
                  "weights": weights, "interval": interval, "guide_step": guide_step,
-                 "results": results})
+                 "results": results, "cfgpp_sampler": FLAGS.cfgpp_sampler if lambdas else None,
+                 "cfgpp": cfgpp})
+
+
+def _plot_cfgpp(axes, cfgpp, lambdas, config):
+  """The CFG++ row: its three scores against lambda, the unguided conditional model as lines."""
+  rows = cfgpp["rows"]
+  scores = (lambda r: r["fd_features"] / r["fd_features_floor"],
+            lambda r: 100 * r["label_accuracy"], lambda r: r["class_entropy_bits"])
+  labels = ("feature FD / its floor", "samples read as their label (%)",
+            "class entropy of the readings (bits)")
+  for ax, score, label in zip(axes, scores, labels):
+    ax.plot(lambdas, [score(r) for r in rows], "o-", color="C4",
+            label=f"CFG++ ({FLAGS.cfgpp_sampler})")
+    ax.axhline(score(cfgpp["unguided"]), color="C4", ls="--",
+               label=f"conditional, unguided ({FLAGS.cfgpp_sampler})")
+    ax.axhline(score(cfgpp["unguided_run_sampler"]), color="C0", ls=":",
+               label=f"conditional, unguided ({config.sampling.sampler})")
+    ax.set_xlabel("CFG++ lambda (0: the unconditional model)")
+    ax.set_ylabel(label)
+  axes[0].legend(fontsize=8)
 
 
 if __name__ == "__main__":

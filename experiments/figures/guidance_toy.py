@@ -16,12 +16,16 @@ conditionals are closed form):
    unconditional scores. At equal gamma: the distribution of the samples' exact class
    log-density log p(x | y) against the truth's (1-D Wasserstein distance), and the energy
    distance of the samples to exact class samples.
-3. Inpainting a 3-D mixture with the first coordinate observed, VP: plain replacement, RePaint
+3. CFG++ (Chung et al. 2024) on the same three classes, DDIM on --cfgpp_steps steps: the same
+   three numbers against its lambda (--cfgpp_lambdas), with the CFG strength each step's lambda
+   amounts to, gamma = lambda / (1 - e^{-h}) (samplers/cfgpp.py), over the grid.
+4. Inpainting a 3-D mixture with the first coordinate observed, VP: plain replacement, RePaint
    (10 resamples) and DPS at equal NFE, against the exact conditional p(x_2, x_3 | x_1 = y): the
    energy distance to exact conditional samples next to its floor, and how far the observed
    coordinate ends from y.
 
-The sampler is DDPM's ancestral sampler on a uniform time grid of --steps steps (t_min 1e-3).
+The sampler is DDPM's ancestral sampler on a uniform time grid of --steps steps (t_min 1e-3),
+except for CFG++, which is defined for DDIM-type steps.
 """
 
 import _common
@@ -42,6 +46,9 @@ flags.DEFINE_integer("steps", 200, "Ancestral sampler steps (NFE = steps + 1; Re
                      "steps / 10 steps of 10 resamples, DPS steps / 2 steps of 2 evaluations).",
                      lower_bound=20)
 flags.DEFINE_string("gammas", "1,1.5,2,3,4", "Guidance strengths gamma (= 1 + w) of panels 1 and 2.")
+flags.DEFINE_string("cfgpp_lambdas", "0,0.05,0.1,0.2,0.4,0.8", "CFG++ strengths lambda.")
+flags.DEFINE_integer("cfgpp_steps", 50, "CFG++'s DDIM steps (its strength depends on them).",
+                     lower_bound=2)
 flags.DEFINE_float("blur", 0.003, "Variance added to every component of the tree for the main "
                    "model (the guide gets twice as much).", lower_bound=0.0)
 flags.DEFINE_float("dps_zeta", 0.1, "DPS step size zeta (Chung et al. 2023).", lower_bound=0.0)
@@ -72,7 +79,8 @@ def _energy_floor(draw, reference, seeds=range(100, 105)):
   return float(nulls.mean()), float(nulls.std())
 
 
-def strength_sweep(num, steps, gammas):
+def strength_sweep(num, steps, gammas, sampler=S.Ancestral()):
+  """Panel 1 (and, with ``sampler=S.CFGPlusPlus()`` and lambdas for gammas, panel 3)."""
   mix = analytic.random_mixture(jr.key(0), 2, num_components=3, mean_scale=0.8, min_variance=0.2,
                                 max_variance=0.5, min_weight=0.2, max_weight=1.0)
   exact = analytic.ConditionalDiffusedMixture(mix, VP)
@@ -83,7 +91,7 @@ def strength_sweep(num, steps, gammas):
     truth = np.asarray(jax.vmap(component.log_prob)(component.sample(jr.key(5), num)))
     threshold = np.percentile(truth, 50)
     for gamma in gammas:
-      x = _run(guidance.ClassifierFreeGuidance(exact, null, gamma), S.Ancestral(), steps, num,
+      x = _run(guidance.ClassifierFreeGuidance(exact, null, gamma), sampler, steps, num,
                jr.key(6), cond=jnp.full((num,), y, jnp.int32)).x
       log_py = np.asarray(jax.vmap(lambda v: exact.class_log_probs(v, 0.0))(x))[:, y]
       row = rows[gamma]
@@ -93,6 +101,18 @@ def strength_sweep(num, steps, gammas):
   return {"gammas": gammas, "per_class": {str(g): r for g, r in rows.items()},
           "mean": {key: [float(np.mean(rows[g][key])) for g in gammas]
                    for key in ("class_log_likelihood", "confident", "hdr50")}}
+
+
+def cfgpp_sweep(num, steps, lambdas):
+  """Panel 3: CFG++ DDIM, and the CFG gamma each of its steps amounts to at each lambda."""
+  sweep = strength_sweep(num, steps, lambdas, S.CFGPlusPlus(S.DDIM()))
+  h = np.diff(0.5 * np.asarray(VP.log_snr(schedules.uniform_time(VP, steps, T_MIN)), np.float64))
+  per_step = 1.0 / -np.expm1(-h)  # gamma / lambda of each step
+  sweep["equivalent_cfg_gamma_per_lambda"] = {"min": float(per_step.min()),
+                                              "median": float(np.median(per_step)),
+                                              "max": float(per_step.max())}
+  sweep["sampler"] = f"CFGPlusPlus(DDIM()), {steps} uniform time steps, t_min {T_MIN:g}"
+  return sweep
 
 
 def tree_comparison(num, steps, gammas, blur):
@@ -161,29 +181,40 @@ def inpainting(num, steps, zeta):
           "exact_conditional_weights": np.asarray(exact.weights).tolist()}
 
 
+def _strength_panel(ax, strengths, sweep, xlabel, title):
+  """Panels 1 and 3: the confident and core shares, and (right axis) the class log-likelihood."""
+  for key, label in (("confident", "share with p(y | x) > 0.9"),
+                     ("hdr50", "share in p(x | y)'s 50% region")):
+    ax.plot(strengths, sweep["mean"][key], "o-", label=label)
+  ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("share of samples")
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  ax2 = ax.twinx()
+  ax2.plot(strengths, sweep["mean"]["class_log_likelihood"], "s--", color="C3")
+  ax2.set_ylabel("class log-likelihood log p(y | x)", color="C3")
+
+
 def main(argv):
   del argv
   gammas = _gammas(FLAGS.gammas)
   num, steps = FLAGS.num, FLAGS.steps
   sweep = strength_sweep(num, steps, gammas)
+  lambdas = _gammas(FLAGS.cfgpp_lambdas)
+  cfgpp = cfgpp_sweep(num, FLAGS.cfgpp_steps, lambdas)
   samples, reference, reference_log_p, tree = tree_comparison(num, steps, gammas, FLAGS.blur)
   inpaint = inpainting(num, steps, FLAGS.dps_zeta)
 
   plt = _common.pyplot()
-  fig = plt.figure(figsize=(16, 8.5))
-  grid = fig.add_gridspec(2, 4)
-  ax = fig.add_subplot(grid[0, 0])
-  for key, label in (("confident", "share with p(y | x) > 0.9"),
-                     ("hdr50", "share in p(x | y)'s 50% region")):
-    ax.plot(gammas, sweep["mean"][key], "o-", label=label)
-  ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-  ax.set_xlabel("guidance strength gamma (= 1 + w)")
-  ax.set_ylabel("share of samples")
-  ax.set_title("CFG on 3 overlapping classes (mean over classes)", fontsize=9)
-  ax.legend(fontsize=8)
-  ax2 = ax.twinx()
-  ax2.plot(gammas, sweep["mean"]["class_log_likelihood"], "s--", color="C3")
-  ax2.set_ylabel("class log-likelihood log p(y | x)", color="C3")
+  fig = plt.figure(figsize=(20, 8.5))
+  grid = fig.add_gridspec(2, 5)
+  _strength_panel(fig.add_subplot(grid[0, 0]), gammas, sweep, "guidance strength gamma (= 1 + w)",
+                  "CFG on 3 overlapping classes (mean over classes)")
+  ratio = cfgpp["equivalent_cfg_gamma_per_lambda"]
+  _strength_panel(fig.add_subplot(grid[0, 4]), lambdas, cfgpp, "CFG++ lambda",
+                  f"CFG++, DDIM {FLAGS.cfgpp_steps} steps: each step is CFG at gamma = "
+                  f"{ratio['min']:.0f}-{ratio['max']:.0f} x lambda")
 
   shown = ["exact score", "main model"]
   middle = [g for g in gammas if g != 1.0][len([g for g in gammas if g != 1.0]) // 2]
@@ -195,7 +226,7 @@ def main(argv):
     ax = fig.add_subplot(grid[0, 2 + i] if i < 2 else grid[1, 0])
     ax.scatter(*samples[name][0].T, s=0.5)
     ax.set_title(f"{name}: W1(log p) {tree['rows'][name]['w1_log_density']:.3f}", fontsize=9)
-  for ax in fig.axes[2:]:
+  for ax in fig.axes[4:]:
     ax.set_xlim(-0.6, 2.2)
     ax.set_ylim(-1.3, 1.5)
     ax.set_xlabel("x1")
@@ -237,7 +268,8 @@ def main(argv):
   fig.tight_layout()
   _common.write(FLAGS.out, "guidance_toy", fig,
                 {"num": num, "steps": steps, "sampler": "ancestral, uniform time grid, t_min 1e-3",
-                 "sde": "VP", "cfg_strength": sweep, "tree": tree, "inpainting": inpaint})
+                 "sde": "VP", "cfg_strength": sweep, "cfgpp_strength": cfgpp, "tree": tree,
+                 "inpainting": inpaint})
 
 
 if __name__ == "__main__":
