@@ -22,7 +22,7 @@ from diffusion_jax.samplers.unipc import UniPC
 
 __all__ = [
     "AbstractSampler", "AdaptiveODE", "Ancestral", "AnnealedLangevin", "CFGPlusPlus",
-    "COLOUR_BASIS", "Chain", "DDIM", "DPMSolverPP", "EDMStochastic", "Euler", "EulerMaruyama", "Heun",
-    "IPNDM", "Inpaint", "Langevin", "MaskedMeasurement", "PosteriorSampling", "PredictorCorrector",
-    "RePaint", "ReverseDiffusion", "StepAux", "UniPC", "colorization",
+    "COLOUR_BASIS", "Chain", "DDIM", "DPMSolverPP", "EDMStochastic", "Euler", "EulerMaruyama",
+    "Heun", "IPNDM", "Inpaint", "Langevin", "MaskedMeasurement", "PosteriorSampling",
+    "PredictorCorrector", "RePaint", "ReverseDiffusion", "StepAux", "UniPC", "colorization",
 ]

@@ -1,4 +1,6 @@
-"""CFG++ (Chung et al. 2024, "CFG++: Manifold-constrained classifier free guidance", Alg. 1) around DDIM or DPM-Solver++.
+"""CFG++ (Chung et al. 2024, "CFG++: Manifold-constrained classifier free guidance", Alg. 1).
+
+A sampler wrapper around DDIM or DPM-Solver++.
 
 Classifier-free guidance moves both readings of the step with the guided score: DDIM's next point
 alpha' D + sigma' eps is built from the guided data prediction D and the guided noise eps. CFG++
@@ -44,20 +46,24 @@ from diffusion_jax.samplers.dpm_solver import DPMSolverPP
 
 def _check_guider(score_fn) -> None:
   if not isinstance(score_fn, guidance.ClassifierFreeGuidance):
-    raise TypeError("CFGPlusPlus samples a guidance.ClassifierFreeGuidance score (its gamma is CFG++'s "
-                    f"lambda), got {type(score_fn).__name__}.")
+    raise TypeError("CFGPlusPlus samples a guidance.ClassifierFreeGuidance score (its gamma is "
+                    f"CFG++'s lambda), got {type(score_fn).__name__}.")
   if score_fn.interval is not None:
     raise ValueError("CFGPlusPlus has no noise interval: pass a ClassifierFreeGuidance with "
                      "interval=None.")
 
 
 class CFGPlusPlus(base.AbstractSampler):
-  """One step of ``inner`` on the unconditional score, plus alpha(t_next) lam (D_c - D_u) (see the module)."""
+  """One step of ``inner`` on the unconditional score, plus alpha(t_next) lam (D_c - D_u).
+
+  See the module docstring for the rule and where it comes from.
+  """
 
   inner: base.AbstractSampler = flax.struct.field(default_factory=DDIM)
 
   def __post_init__(self):
-    _checks.check_instance("inner", self.inner, (DDIM, DPMSolverPP), "DDIM() or DPMSolverPP(order=2)")
+    _checks.check_instance("inner", self.inner, (DDIM, DPMSolverPP),
+                           "DDIM() or DPMSolverPP(order=2)")
 
   @property
   def denoise_final_default(self) -> bool:
