@@ -226,7 +226,7 @@ def build_sampler(config: ml_collections.ConfigDict):
     # Ancestral steps first, then the sampler: forgets most of the prior mismatch (samplers.Chain).
     sampler = samplers.Chain(samplers.DDIM(eta=1.0), sampler, steps=start)
   if guidance_config(config).kind == "cfgpp":
-    if not isinstance(sampler, (samplers.DDIM, samplers.DPMSolverPP)):
+    if not isinstance(sampler, samplers.cfgpp.INNER_SAMPLERS):
       raise ValueError("config.sampling.guidance.kind='cfgpp' (CFG++, defined for DDIM-type steps) "
                        "needs config.sampling.sampler ddim, dpm_solver_2m or dpm_solver_3m with no "
                        f"corrector and no ancestral_start_steps, got {sampler!r:.80}.")

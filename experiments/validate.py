@@ -328,8 +328,7 @@ def _check_guidance(config, c) -> None:
                       "trained with label dropout: config.model.num_classes > 0 and "
                       f"config.model.label_dropout > 0, got {c.get('model.num_classes')!r} and "
                       f"{c.get('model.label_dropout')!r}.")
-  if kind == "cfgpp" and (c.get("sampling.guidance.sigma_lo") > 0
-                          or c.get("sampling.guidance.sigma_hi") != float("inf")):
+  if kind == "cfgpp" and build.has_noise_interval(build.guidance_config(config)):
     raise ConfigError("config.sampling.guidance.kind='cfgpp' has no noise interval: leave "
                       "config.sampling.guidance.sigma_lo at 0 and sigma_hi at inf.")
   if kind == "classifier" and c.get("noisy_classifier") is _ABSENT:

@@ -44,6 +44,10 @@ from diffusion_jax.samplers.ddim import DDIM
 from diffusion_jax.samplers.dpm_solver import DPMSolverPP
 
 
+# The samplers CFG++ is defined for (their steps are affine in the data prediction).
+INNER_SAMPLERS = (DDIM, DPMSolverPP)
+
+
 def _check_guider(score_fn) -> None:
   if not isinstance(score_fn, guidance.ClassifierFreeGuidance):
     raise TypeError("CFGPlusPlus samples a guidance.ClassifierFreeGuidance score (its gamma is "
@@ -62,7 +66,7 @@ class CFGPlusPlus(base.AbstractSampler):
   inner: base.AbstractSampler = flax.struct.field(default_factory=DDIM)
 
   def __post_init__(self):
-    _checks.check_instance("inner", self.inner, (DDIM, DPMSolverPP),
+    _checks.check_instance("inner", self.inner, INNER_SAMPLERS,
                            "DDIM() or DPMSolverPP(order=2)")
 
   @property
@@ -78,7 +82,7 @@ class CFGPlusPlus(base.AbstractSampler):
     return self.inner.init(sde, score_fn, ts, x)
 
   def step(self, sde, score_fn, t, t_next, x, state, *, key):
-    _check_guider(score_fn)
+    # score_fn was checked by init (the sampler contract runs it first).
     cond_score, uncond_score = score_fn.parts(x, t)
     # The inner rule sees the unconditional model; its one evaluation is the pair call above.
     x_next, aux, state = self.inner.step(sde, lambda x_, t_: uncond_score, t, t_next, x, state,
@@ -92,5 +96,4 @@ class CFGPlusPlus(base.AbstractSampler):
 
   def finalize(self, sde, score_fn, x, t_last, state):
     # The guider's Tweedie step: lam s_c + (1 - lam) s_u gives D_lam.
-    _check_guider(score_fn)
     return self.inner.finalize(sde, score_fn, x, t_last, state)

@@ -45,6 +45,18 @@ def int_list(text: str, name: str) -> list[int]:
   return values
 
 
+def float_list(text: str, name: str, count: int | None = None) -> list[float]:
+  """A comma-separated flag of numbers >= 0 (``count`` of them, if given), or a usage error."""
+  try:
+    values = [float(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    values = None
+  if not values or min(values) < 0 or (count is not None and len(values) != count):
+    what = f"{count} numbers" if count else "numbers"
+    raise app.UsageError(f"--{name} must be comma-separated {what} >= 0, got {text!r}.")
+  return values
+
+
 def pyplot():
   import matplotlib
 

@@ -12,7 +12,7 @@ import json
 import pathlib
 
 import numpy as np
-from absl import app
+from absl import app, flags
 
 from experiments import cpu_flags
 
@@ -50,6 +50,15 @@ def check_samplers(names) -> list[str]:
   if unknown or not names:
     raise app.UsageError(f"--samplers must list some of {', '.join(SAMPLERS)}; unknown: {unknown}.")
   return list(names)
+
+
+def define_workdir_flags(workdir_help: str) -> None:
+  """--workdir (required), --checkpoint_step and --config: the flags of a script that reads one
+  trained image run."""
+  flags.DEFINE_string("workdir", None, workdir_help)
+  flags.DEFINE_integer("checkpoint_step", None, "The checkpoint to sample (default: the latest).")
+  flags.mark_flag_as_required("workdir")
+  define_config_flag()
 
 
 def define_config_flag() -> None:
@@ -93,8 +102,6 @@ def steps_for(config, sampler: str, nfe: int) -> int:
 def point(config, workdir, step: int, sampler: str, nfe: int, num: int) -> dict:
   """The summary of ``num`` samples of ``sampler`` at about ``nfe`` evaluations (cached on disk),
   plus ``npz``: the path of its samples."""
-  from experiments import sampling
-
   config = config.copy_and_resolve_references()
   sc = config.sampling
   sc.sampler = sampler
@@ -102,45 +109,34 @@ def point(config, workdir, step: int, sampler: str, nfe: int, num: int) -> dict:
   sc.num_steps = steps_for(config, sampler, nfe)
   sc.num_samples = num
   sc.batch_size = min(sc.batch_size, num)
-  stem = pathlib.Path(workdir) / "samples" / sampling.output_stem(config, step)
-  json_path = stem.parent / f"{stem.name}.json"  # not with_suffix: stems hold dots (tmin0.001)
-  if json_path.exists():
-    summary = json.loads(json_path.read_text())
-    print(f"{sampler} at {nfe} NFE: read {json_path}", flush=True)
-  else:
-    summary = sampling.run(config, workdir, step=step)
+  summary, stem = _sample_or_read(config, workdir, step, f"{sampler} at {nfe} NFE: ")
   return {**summary, "npz": str(stem.parent / f"{stem.name}.npz")}
 
 
-def floats(text: str, name: str, count: int | None = None) -> list[float]:
-  """A comma-separated flag of numbers >= 0 (``count`` of them, if given), or a usage error."""
-  try:
-    values = [float(v) for v in text.split(",") if v.strip()]
-  except ValueError:
-    values = None
-  if not values or min(values) < 0 or (count is not None and len(values) != count):
-    what = f"{count} numbers" if count else "numbers"
-    raise app.UsageError(f"--{name} must be comma-separated {what} >= 0, got {text!r}.")
-  return values
+def _sample_or_read(config, workdir, step: int, label: str = "") -> tuple[dict, pathlib.Path]:
+  """``--mode=sample``'s summary for ``config`` at ``step``, read back from its JSON when it was
+  sampled before; and the path stem of its files."""
+  from experiments import sampling
+
+  stem = pathlib.Path(workdir) / "samples" / sampling.output_stem(config, step)
+  json_path = stem.parent / f"{stem.name}.json"  # not with_suffix: stems hold dots (tmin0.001)
+  if json_path.exists():
+    print(f"{label}read {json_path}", flush=True)
+    return json.loads(json_path.read_text()), stem
+  return sampling.run(config, workdir, step=step), stem
 
 
 def guided_point(config, workdir, step: int, num: int, sampler: str | None = None,
                  **guidance) -> dict:
   """The summary of ``num`` samples of the run's sampler (or ``sampler``, same grid and steps) with
   the config.sampling.guidance fields ``guidance`` (cached on disk, like ``point``)."""
-  from experiments import sampling
-
   config = config.copy_and_resolve_references()
   if sampler is not None:
     config.sampling.sampler = sampler
   config.sampling.num_samples = num
   config.sampling.batch_size = min(config.sampling.batch_size, num)
   config.sampling.guidance.update(guidance)
-  path = pathlib.Path(workdir) / "samples" / f"{sampling.output_stem(config, step)}.json"
-  if path.exists():
-    print(f"read {path}", flush=True)
-    return json.loads(path.read_text())
-  return sampling.run(config, workdir, step=step)
+  return _sample_or_read(config, workdir, step)[0]
 
 
 def images_in_unit_range(config, npz_path) -> np.ndarray:

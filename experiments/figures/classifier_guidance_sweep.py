@@ -23,15 +23,13 @@ import _image_sweep
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_string("workdir", None, "A trained image run with a noisy classifier "
-                    "(--mode=train_classifier).")
-flags.DEFINE_integer("checkpoint_step", None, "The checkpoint to sample (default: the latest).")
+_image_sweep.define_workdir_flags("A trained image run with a noisy classifier "
+                                  "(--mode=train_classifier).")
 flags.DEFINE_string("scales", "0,1,2,4,8", "Comma-separated classifier-guidance scales >= 0.")
 flags.DEFINE_integer("num", 1000, "Samples per point (the floors are taken at this n).",
                      lower_bound=10)
-flags.mark_flag_as_required("workdir")
-_image_sweep.define_config_flag()
 flags.adopt_module_key_flags(_common)
+flags.adopt_module_key_flags(_image_sweep)  # --workdir, --checkpoint_step, --config
 FLAGS = flags.FLAGS
 KEYS = _image_sweep.GUIDED_KEYS
 
@@ -41,7 +39,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from experiments import noisy_classifier
 
-  scales = _image_sweep.floats(FLAGS.scales, "scales")
+  scales = _common.float_list(FLAGS.scales, "scales")
   config, step = _image_sweep.load(FLAGS["config"], FLAGS.workdir, FLAGS.checkpoint_step)
   info_path = pathlib.Path(FLAGS.workdir) / noisy_classifier.DIRECTORY / "info.json"
   if not info_path.exists():

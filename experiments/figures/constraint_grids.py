@@ -35,8 +35,7 @@ from absl import app, flags
 
 TASKS = ("inpaint_right", "inpaint_left", "inpaint_bottom", "colorize")
 METHODS = ("replace", "repaint", "dps", "dps_replace")
-flags.DEFINE_string("workdir", None, "A trained image run's directory.")
-flags.DEFINE_integer("checkpoint_step", None, "The checkpoint (default: the latest).")
+_image_sweep.define_workdir_flags("A trained image run's directory.")
 flags.DEFINE_enum("task", "inpaint_right", TASKS, "What is known and what is sampled.")
 flags.DEFINE_list("methods", list(METHODS), f"Any of: {', '.join(METHODS)} (dps and dps_replace "
                   "are skipped for colorize).")
@@ -46,9 +45,8 @@ flags.DEFINE_float("dps_zeta", 6.0, "DPS's step size zeta (inpainting only; 6 wa
                    "3, 6, 10, 20 on the digits at 41 NFE).", lower_bound=0.0)
 flags.DEFINE_integer("num", 297, "Test images to complete (at most the test split).", lower_bound=1)
 flags.DEFINE_integer("shown", 12, "Images per row of the figure.", lower_bound=1)
-flags.mark_flag_as_required("workdir")
-_image_sweep.define_config_flag()
 flags.adopt_module_key_flags(_common)
+flags.adopt_module_key_flags(_image_sweep)  # --workdir, --checkpoint_step, --config
 FLAGS = flags.FLAGS
 
 

@@ -27,8 +27,7 @@ import _image_sweep
 import numpy as np
 from absl import app, flags
 
-flags.DEFINE_string("workdir", None, "A trained class-conditional image run (label dropout > 0).")
-flags.DEFINE_integer("checkpoint_step", None, "The checkpoint to sample (default: the latest).")
+_image_sweep.define_workdir_flags("A trained class-conditional image run (label dropout > 0).")
 flags.DEFINE_string("weights", "0,0.1,0.3,0.5,1,2,4", "Comma-separated guidance weights w >= 0.")
 flags.DEFINE_string("interval", "0.3,5", "sigma_lo,sigma_hi of the interval variant (EDM noise "
                     "levels sigma/alpha); empty: no interval variant.")
@@ -40,9 +39,8 @@ flags.DEFINE_enum("cfgpp_sampler", "ddim", ["ddim", "dpm_solver_2m", "dpm_solver
                   "The sampler CFG++ wraps.")
 flags.DEFINE_integer("num", 1000, "Samples per point (the floors are taken at this n).",
                      lower_bound=10)
-flags.mark_flag_as_required("workdir")
-_image_sweep.define_config_flag()
 flags.adopt_module_key_flags(_common)
+flags.adopt_module_key_flags(_image_sweep)  # --workdir, --checkpoint_step, --config
 FLAGS = flags.FLAGS
 KEYS = _image_sweep.GUIDED_KEYS
 
@@ -52,10 +50,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from experiments import checkpoints as checkpoints_lib
 
-  weights = _image_sweep.floats(FLAGS.weights, "weights")
-  lambdas = (_image_sweep.floats(FLAGS.cfgpp_lambdas, "cfgpp_lambdas")
+  weights = _common.float_list(FLAGS.weights, "weights")
+  lambdas = (_common.float_list(FLAGS.cfgpp_lambdas, "cfgpp_lambdas")
              if FLAGS.cfgpp_lambdas.strip() else [])
-  interval = _image_sweep.floats(FLAGS.interval, "interval", 2) if FLAGS.interval.strip() else None
+  interval = _common.float_list(FLAGS.interval, "interval", 2) if FLAGS.interval.strip() else None
   if interval and not interval[0] < interval[1]:
     raise app.UsageError(f"--interval needs sigma_lo < sigma_hi, got {FLAGS.interval!r}.")
   config, step = _image_sweep.load(FLAGS["config"], FLAGS.workdir, FLAGS.checkpoint_step)

@@ -59,16 +59,6 @@ VP = sdes.VPSDE()
 T_MIN = 1e-3
 
 
-def _gammas(text):
-  try:
-    values = [float(v) for v in text.split(",") if v.strip()]
-  except ValueError:
-    values = []
-  if not values or min(values) < 0:
-    raise flags.ValidationError(f"--gammas must be comma-separated numbers >= 0, got {text!r}.")
-  return values
-
-
 def _run(score, sampler, steps, num, key, cond=None, shape=(2,)):
   ts = schedules.uniform_time(VP, steps, T_MIN)
   return sample_batch(VP, score, sampler, ts, key=key, num=num, shape=shape, cond=cond)
@@ -198,10 +188,10 @@ def _strength_panel(ax, strengths, sweep, xlabel, title):
 
 def main(argv):
   del argv
-  gammas = _gammas(FLAGS.gammas)
+  gammas = _common.float_list(FLAGS.gammas, "gammas")
   num, steps = FLAGS.num, FLAGS.steps
   sweep = strength_sweep(num, steps, gammas)
-  lambdas = _gammas(FLAGS.cfgpp_lambdas)
+  lambdas = _common.float_list(FLAGS.cfgpp_lambdas, "cfgpp_lambdas")
   cfgpp = cfgpp_sweep(num, FLAGS.cfgpp_steps, lambdas)
   samples, reference, reference_log_p, tree = tree_comparison(num, steps, gammas, FLAGS.blur)
   inpaint = inpainting(num, steps, FLAGS.dps_zeta)

@@ -14,17 +14,15 @@ import _common
 import _image_sweep
 from absl import app, flags
 
-flags.DEFINE_string("workdir", None, "A trained image run's directory (its config is read from it).")
-flags.DEFINE_integer("checkpoint_step", None, "The checkpoint (default: the latest).")
+_image_sweep.define_workdir_flags("A trained image run's directory (its config is read from it).")
 flags.DEFINE_list("samplers", ["dpm_solver_2m", "heun", "ddim", "euler", "edm_stochastic",
                                "ancestral"],
                   f"Samplers to draw, any of: {', '.join(_image_sweep.SAMPLERS)}.")
 flags.DEFINE_string("nfes", "10,20,40", "Comma-separated budgets of network evaluations.")
 flags.DEFINE_integer("num", 1000, "Samples per point (the floors are taken at this n).",
                      lower_bound=2)
-flags.mark_flag_as_required("workdir")
-_image_sweep.define_config_flag()
 flags.adopt_module_key_flags(_common)
+flags.adopt_module_key_flags(_image_sweep)  # --workdir, --checkpoint_step, --config
 FLAGS = flags.FLAGS
 SPACES = (("pixels", "pixel space"), ("features", "classifier features"))
 
