@@ -5,7 +5,7 @@ The public API, re-exported explicitly; each module's docstring explains its par
 
 from diffusion_jax import (analytic, conditions, data, guidance, likelihood, losses, metrics,
                            nets, parameterization, samplers, sampling, schedules, sde, sdes, simulate,
-                           train)
+                           train, tuning)
 from diffusion_jax.analytic import (ConditionalDiffusedMixture, DiffusedMixture, GaussianMixture,
                                     random_mixture)
 from diffusion_jax.conditions import drop_condition, null_label, with_condition_dropout
@@ -32,5 +32,6 @@ from diffusion_jax.sde import AbstractLinearSDE, AbstractSDE, ProbabilityFlowODE
 from diffusion_jax.sdes import VESDE, VPSDE, CosineVPSDE, SubVPSDE
 from diffusion_jax.train import (TrainState, ema_update, make_multi_train_step, make_optimizer,
                                  make_train_step)
+from diffusion_jax.tuning import FiLM, FineTune, LoRA, PromptTuning, TunedModelFn
 
 __version__ = "0.1.0"

@@ -384,8 +384,13 @@ def _check_conditioning(config: ml_collections.ConfigDict, dataset) -> int:
 
 
 def build_method(config: ml_collections.ConfigDict) -> Method:
-  """config -> the method record the runner trains, samples and evaluates: images (config.data.name
-  one of IMAGE_DATASETS) or 2-D toy data."""
+  """config -> the method record the runner trains, samples and evaluates: a tuning of a trained
+  model (config.tune, experiments/tune.py), images (config.data.name one of IMAGE_DATASETS) or
+  2-D toy data."""
+  if config.get("tune") is not None:
+    from experiments import tune
+
+    return tune.build_tune_method(config)
   if is_image_data(config):
     from experiments import build_images
 

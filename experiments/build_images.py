@@ -75,7 +75,22 @@ def build_image_records(config: ml_collections.ConfigDict):
                                             data_dir=c.tfds_data_dir or None,
                                             download=c.tfds_download)
   train_set, _ = build_image_data(config)
+  train_set = without_classes(train_set, holdout_classes(config))
   return input_pipeline.image_source(train_set, labels=bool(config.model.num_classes))
+
+
+def holdout_classes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """config.data.holdout_classes: the labels a class-conditional model never sees in training (the
+  tuning protocol's held-out class, ``experiments/tune.py``); they are the highest labels, so the
+  model's label table still has their rows (never trained) and its evaluation draws 0..K-1."""
+  return tuple(int(k) for k in config.data.get("holdout_classes", ()))
+
+
+def without_classes(dataset: data.ImageDataset, classes) -> data.ImageDataset:
+  """The images whose label is not in ``classes`` (all of them for no classes)."""
+  if not classes:
+    return dataset
+  return dataset.subset(np.flatnonzero(~np.isin(dataset.labels, np.asarray(classes))))
 
 
 def build_image_data(config: ml_collections.ConfigDict):
@@ -121,13 +136,14 @@ def build_image_model(config: ml_collections.ConfigDict, num_classes: int):
   raise _unknown("config.model.name", c.name, MODELS)
 
 
-def build_model_fn(config: ml_collections.ConfigDict, module, sde):
+def build_model_fn(config: ml_collections.ConfigDict, module, sde, raw=None):
   """The network as a ``model_fn`` of (x, t) and the prediction it makes.
 
   dsm: VE networks see log sigma(t) (``parameterization.LogSigmaInput``), VP ones t; edm: the raw
-  network inside ``EDMPrecond`` predicts x0.
+  network inside ``EDMPrecond`` predicts x0. ``raw``: the raw network's model_fn in place of
+  ``module``'s (a tuned network, ``diffusion_jax.tuning.TunedModelFn``).
   """
-  raw = nets.as_model_fn(module)
+  raw = nets.as_model_fn(module) if raw is None else raw
   loss = config.training.loss
   if loss == "edm":
     return parameterization.EDMPrecond(raw, sde, config.training.sigma_data), Prediction.X0
@@ -153,6 +169,10 @@ def _check_image_conditioning(config, train_set) -> int:
   if num_classes != have:
     raise ValueError(f"config.model.num_classes={num_classes} must equal the number of classes of "
                      f"config.data.name={config.data.name!r}, {have}.")
+  held = holdout_classes(config)
+  if held and sorted(held) != list(range(num_classes - len(held), num_classes)):
+    raise ValueError(f"config.data.holdout_classes must be the highest labels, e.g. "
+                     f"({num_classes - 1},) of {num_classes}, got {held!r}.")
   return num_classes
 
 
@@ -196,6 +216,12 @@ def evaluate_samples(config: ml_collections.ConfigDict, draw, train_set, test_se
   classifier = readers["shape"] if readers else evaluation_classifier(config, train_set, test_set)
   e = config.eval
   inception = e.inception_weights if e.features == "inception" else None
+  # A model trained without the held-out classes is scored on the others (its draws cycle through
+  # labels 0..K-1 below them); the classifier above still reads every class.
+  held = holdout_classes(config)
+  if held:
+    train_set, test_set = (without_classes(d, held) for d in (train_set, test_set))
+    num_classes -= len(held)
   summary, plot = evaluate_images.evaluate(
       draw, train_set, test_set,
       feature_fns=evaluate_images.feature_strategies(classifier, inception),
@@ -272,7 +298,8 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
     if params is not None and config.eval.bits_per_dim:
       from experiments import likelihood_eval
 
-      summary.update(likelihood_eval.image_bits_per_dim(config, score_fn(params), sde, test_set))
+      summary.update(likelihood_eval.image_bits_per_dim(
+          config, score_fn(params), sde, without_classes(test_set, holdout_classes(config))))
     return summary, plot
 
   def to_data_range(x):

@@ -26,12 +26,15 @@ config_flags.DEFINE_config_file(
     "--mode=eval_likelihood default to the config saved in --workdir at training time. Any field "
     "can be overridden with --config.<section>.<field>=VALUE.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results (required).")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval_likelihood", "train_classifier"],
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval_likelihood", "train_classifier",
+                                    "tune"],
                   "train: train (resuming from the latest checkpoint), then sample and evaluate; "
                   "sample: draw samples from a checkpoint; eval_likelihood: test-set "
                   "log-likelihood of a checkpoint; train_classifier: the image run's "
                   "noise-conditional classifier for classifier guidance "
-                  "(config.sampling.guidance.kind=classifier).")
+                  "(config.sampling.guidance.kind=classifier); tune: train a small part of a "
+                  "trained, frozen model (config.tune: experiments/configs/tune_digits.py), then "
+                  "evaluate it on the held-out class and for forgetting.")
 flags.DEFINE_integer("checkpoint_step", None,
                      "--mode=sample / eval_likelihood: the checkpoint to use (default: the latest).")
 flags.DEFINE_bool("distributed", False,
@@ -86,9 +89,9 @@ def _join_job() -> None:
 
 def _config():
   """The run's config: --config (+ overrides), or for evaluation the workdir's saved one."""
-  if FLAGS.mode == "train":
+  if FLAGS.mode in ("train", "tune"):
     if FLAGS.config is None:
-      raise app.UsageError("--mode=train needs --config.")
+      raise app.UsageError(f"--mode={FLAGS.mode} needs --config.")
     if FLAGS.checkpoint_step is not None:
       raise app.UsageError("--checkpoint_step is for --mode=sample and --mode=eval_likelihood.")
     return FLAGS.config
@@ -113,7 +116,7 @@ def main(argv) -> None:
     config = _config()
     _join_job()
     validate.validate(config, FLAGS.mode)
-    step = (None if FLAGS.mode in ("train", "train_classifier") else
+    step = (None if FLAGS.mode in ("train", "train_classifier", "tune") else
             workdir_lib.check_checkpoint_step(FLAGS.workdir, FLAGS.checkpoint_step))
   except (validate.ConfigError, workdir_lib.WorkdirError) as e:
     sys.exit(f"Error: {e}")
@@ -131,6 +134,10 @@ def main(argv) -> None:
       from experiments import likelihood_eval
 
       likelihood_eval.run(config, FLAGS.workdir, step=step)
+    elif FLAGS.mode == "tune":
+      from experiments import tune
+
+      tune.run(config, FLAGS.workdir)
     elif FLAGS.mode == "train_classifier":
       from experiments import noisy_classifier
 

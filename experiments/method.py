@@ -35,6 +35,11 @@ class Method:
   to_data_range(x) -> array: model samples in the data's own range and type (images: integer
     levels), saved next to them; None: the model's range is the data's.
   headline(summary) -> str: the evaluation's numbers in one line (None: the toy two-sample line).
+  frozen() -> tree: the frozen tree of a method that tunes a trained model (its base network),
+    read from where it lives at every start and never written into the run's checkpoints, which
+    then hold the small trainable part alone; None: the state is checkpointed whole.
+  combine(params, frozen) -> the model's parameters, what ``sample``, ``score_fn`` and
+    ``evaluate`` take (a tuned model: ``tuning.combine``); None: the (EMA) trainable tree itself.
   """
 
   init: Callable
@@ -51,3 +56,5 @@ class Method:
   write_grid: Callable | None = None
   to_data_range: Callable | None = None
   headline: Callable | None = None
+  frozen: Callable | None = None
+  combine: Callable | None = None

@@ -21,7 +21,7 @@ from experiments.checkpoints import Checkpoints
 from experiments.keys import likelihood_key, sampling_key  # noqa: F401  (re-exported)
 from experiments.sharding import make_mesh, replicated  # noqa: F401  (re-exported)
 from experiments.train import evaluate, train, train_and_evaluate  # noqa: F401  (re-exported)
-from experiments.train import abstract_state
+from experiments.train import abstract_state, model_params, with_frozen
 
 __all__ = ["draw_samples", "evaluate", "likelihood_key", "make_mesh", "replicated",
            "restore_model", "sampling_key", "train", "train_and_evaluate"]
@@ -41,7 +41,8 @@ def restore_model(config, workdir, *, step: int | None = None, sharding=None, me
     state, _ = checkpoints.restore(abstract_state(method, config, placement), step=step)
   if state is None:
     raise FileNotFoundError(f"No checkpoint in {pathlib.Path(workdir) / 'checkpoints'}.")
-  return method.score_fn(state.ema_params), build.build_sde(config), state
+  state = with_frozen(method, state, placement)
+  return method.score_fn(model_params(method, state)), build.build_sde(config), state
 
 
 def draw_samples(score_fn, sde, sampler, ts, key: jax.Array, *, num: int, shape: tuple[int, ...],

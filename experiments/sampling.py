@@ -75,7 +75,8 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
     state, restored = checkpoints.restore(abstract, step=step)
     if state is None:
       raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}.")
-    params = state.ema_params
+    state = train_lib.with_frozen(method, state, sharding.replicated(mesh))
+    params = train_lib.model_params(method, state)
     g = build.guidance_config(config)
     if g.kind == "autoguidance":
       # The guide: the EMA model of an earlier checkpoint of the same run (Karras et al. 2024's
@@ -85,7 +86,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
                          f"checkpoint of this run than the sampled one (step {restored}); kept: "
                          f"{checkpoints.steps()}.")
       guide, _ = checkpoints.restore(abstract, step=g.guide_step)
-      params = {"main": params, "guide": guide.ema_params}
+      params = {"main": params, "guide": train_lib.model_params(method, state, guide.ema_params)}
   if g.kind == "classifier":
     from experiments import noisy_classifier
 

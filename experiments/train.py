@@ -57,10 +57,32 @@ def create_state(method, config, mesh) -> train_lib.TrainState:
 
 
 def abstract_state(method, config, state_sharding) -> train_lib.TrainState:
+  """The shapes of what a checkpoint holds: the train state, less a tuned method's frozen tree."""
   shapes = jax.eval_shape(lambda bits: method.init(jr.wrap_key_data(bits)),
                           sharding.key_data(keys.key(config, keys.INIT)))
+  if method.frozen is not None:
+    shapes = shapes.replace(frozen=None)
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=state_sharding),
                       shapes)
+
+
+def with_frozen(method, state: train_lib.TrainState, state_sharding) -> train_lib.TrainState:
+  """A restored state with the method's frozen tree put back (``Method.frozen``)."""
+  if method.frozen is None or state is None:
+    return state
+  return state.replace(frozen=jax.device_put(method.frozen(), state_sharding))
+
+
+def checkpointed(method, state: train_lib.TrainState) -> train_lib.TrainState:
+  """What a checkpoint stores of ``state``: all of it, or a tuned method's trainable part."""
+  return state if method.frozen is None else state.replace(frozen=None)
+
+
+def model_params(method, state: train_lib.TrainState, params=None):
+  """The parameters ``method.sample`` / ``score_fn`` take from ``state``'s EMA tree (or
+  ``params``): the tree itself, or a tuned model's {"base": frozen, "tuned": EMA tree}."""
+  params = state.ema_params if params is None else params
+  return params if method.combine is None else method.combine(params, state.frozen)
 
 
 class MetricWriter:
@@ -125,10 +147,11 @@ def _check_finite(pending: list, first_step: int, checkpoints: Checkpoints) -> N
 
 
 def train(config: ml_collections.ConfigDict, workdir, *, stop_at_step: int | None = None,
-          mesh=None, method=None) -> train_lib.TrainState:
+          mesh=None, method=None, source=None) -> train_lib.TrainState:
   """Train to ``config.training.num_steps``, resuming from the newest intact checkpoint in ``workdir``.
 
   ``stop_at_step`` ends the loop early without a final checkpoint, as a preemption would (tests).
+  ``source``: the batch source (default: the config's, ``build.build_batch_source``).
   Returns the replicated final state.
   """
   workdir = pathlib.Path(workdir)
@@ -136,12 +159,14 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_at_step: int | Non
   method = build.build_method(config) if method is None else method
   tc = config.training
   _, lr_schedule = build.build_optimizer(config)
-  source = build.build_batch_source(config, mesh, keys.key(config, keys.DATA))
+  if source is None:
+    source = build.build_batch_source(config, mesh, keys.key(config, keys.DATA))
   write_config(config, workdir)
 
   checkpoints = Checkpoints(workdir, keep=tc.keep_checkpoints)
   state, start_step = checkpoints.restore(abstract_state(method, config, sharding.replicated(mesh)),
                                           source.checkpoint_item)
+  state = with_frozen(method, state, sharding.replicated(mesh))
   if state is None:
     state, start_step = create_state(method, config, mesh), 0
   else:
@@ -178,7 +203,7 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_at_step: int | Non
           progress.set_postfix(loss=f"{means['loss']:.4f}")
         logged, tic = [], toc
       if save:
-        checkpoints.save(done, state, source.checkpoint_item)
+        checkpoints.save(done, checkpointed(method, state), source.checkpoint_item)
       if grid_every and (done % grid_every == 0 or done == tc.num_steps):
         write_training_grid(method, state, config, mesh, workdir, done, writer)
     progress.close()
@@ -193,7 +218,7 @@ def write_training_grid(method, state, config, mesh, workdir: pathlib.Path, step
   """EMA samples at ``step`` as workdir/samples/train_<step>.png (and in TensorBoard), drawn from
   the same keys every time so the grids show one set of noises improving."""
   num = config.training.sample_grid_size
-  drawn = make_draw(method, state.ema_params, config, mesh)(num)
+  drawn = make_draw(method, model_params(method, state), config, mesh)(num)
   if jax.process_index() != 0:
     return
   path = workdir / "samples" / f"train_{step:07d}.png"
@@ -249,9 +274,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir, state: train_lib.TrainS
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh() if mesh is None else mesh
   method = build.build_method(config) if method is None else method
-  draws, draw = recording_draw(make_draw(method, state.ema_params, config, mesh))
+  params = model_params(method, state)
+  draws, draw = recording_draw(make_draw(method, params, config, mesh))
   tic = time.perf_counter()
-  summary, plot = method.evaluate(draw, keys.eval_key(config), params=state.ema_params)
+  summary, plot = method.evaluate(draw, keys.eval_key(config), params=params)
   seconds = time.perf_counter() - tic
   if jax.process_index() != 0:
     return {}
@@ -277,7 +303,10 @@ def recording_draw(draw):
   def wrapped(num, cond=None):
     out = draw(num, cond)
     draws.clear()
-    draws.update(out, **({} if cond is None else {"labels": np.asarray(cond)}))
+    if isinstance(cond, dict):  # a structured condition: one entry per field
+      draws.update(out, **{f"cond_{k}": np.asarray(v) for k, v in cond.items()})
+    else:
+      draws.update(out, **({} if cond is None else {"labels": np.asarray(cond)}))
     return out
 
   return draws, wrapped

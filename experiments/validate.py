@@ -16,7 +16,7 @@ import pathlib
 
 import ml_collections
 
-MODES = ("train", "sample", "eval_likelihood", "train_classifier")
+MODES = ("train", "sample", "eval_likelihood", "train_classifier", "tune")
 
 
 class ConfigError(ValueError):
@@ -266,6 +266,14 @@ def _check_image_numbers(config: ml_collections.ConfigDict) -> None:
   if name in ("digits", "shapes") and config.data.source != "array":
     raise ConfigError(f"config.data.name={name!r} is generated in memory: config.data.source must "
                       f"be 'array', got {config.data.source!r}.")
+  held = config.data.get("holdout_classes", ())
+  if held:
+    k = config.model.num_classes
+    if not (isinstance(held, tuple) and all(_is_int(v) for v in held)) or not k or \
+        sorted(held) != list(range(k - len(held), k)) or len(held) >= k:
+      raise ConfigError(f"config.data.holdout_classes must be a tuple of the highest labels of a "
+                        f"class-conditional model (config.model.num_classes={k!r}), e.g. "
+                        f"({max(k - 1, 0)},), with at least one class left; got {held!r}.")
   m = config.model
   if m.name not in build_images.MODELS:
     raise ConfigError(f"config.model.name must be one of {build_images.MODELS} for image data, got "
@@ -371,6 +379,46 @@ def _build_everything(config: ml_collections.ConfigDict) -> None:
                       f"config.likelihood.num_levels={c.num_levels}, got {c.estimator!r}.")
 
 
+def _check_tune(config: ml_collections.ConfigDict) -> None:
+  """config.tune (experiments/tune.py): the method, its numbers, and that the base run exists and
+  was trained with this config's network and data (before any work starts)."""
+  from experiments import tune
+
+  c = _Checker(config)
+  t = config.tune
+  if t.method not in tune.METHODS:
+    raise ConfigError(f"config.tune.method must be one of {tune.METHODS}, got {t.method!r}.")
+  c.int("tune.num_shots")
+  c.int("tune.shot_seed", minimum=0)
+  c.int("tune.base_step", minimum=0)
+  c.int("tune.num_prior")
+  c.int("tune.lora_rank")
+  c.nonnegative("tune.lora_alpha")
+  c.int("tune.hint_channels")
+  c.int("tune.control_size")
+  c.int("eval.tune_num_samples", minimum=2)
+  c.int("eval.tune_num_forgetting", minimum=2)
+  if t.prompt_init not in ("mean", "row"):
+    raise ConfigError(f"config.tune.prompt_init must be 'mean' or 'row', got {t.prompt_init!r}.")
+  held = config.data.get("holdout_classes", ())
+  if t.method != "controlnet" and t.label not in held:
+    raise ConfigError(f"config.tune.label must be one of config.data.holdout_classes {held!r} (a "
+                      f"label the base model never saw), got {t.label!r}.")
+  if t.method == "controlnet" and config.model.name != "unet":
+    raise ConfigError("config.tune.method='controlnet' needs a U-Net base (config.model.name="
+                      f"'unet'), got {config.model.name!r}.")
+  from experiments import build_images
+
+  side = build_images.image_shape(config)[0]
+  if t.method == "controlnet" and side % t.control_size:
+    raise ConfigError(f"config.tune.control_size must divide the image side {side}, got "
+                      f"{t.control_size!r}.")
+  try:
+    tune.base_config(config)
+  except tune.TuneError as e:
+    raise ConfigError(str(e)) from None
+
+
 def validate(config: ml_collections.ConfigDict, mode: str = "train") -> None:
   """Raise ConfigError naming the first bad field of ``config`` for ``--mode=mode``.
 
@@ -381,10 +429,18 @@ def validate(config: ml_collections.ConfigDict, mode: str = "train") -> None:
     raise ConfigError(f"mode must be one of {MODES}, got {mode!r}.")
   _check_numbers(config)
   _build_everything(config)
+  tuning = config.get("tune") is not None
+  if mode == "tune" and not tuning:
+    raise ConfigError("--mode=tune needs a config with a tune section "
+                      "(experiments/configs/tune_digits.py:<method>).")
+  if mode == "train" and tuning:
+    raise ConfigError("a config with a tune section tunes a trained model: use --mode=tune.")
+  if tuning:
+    _check_tune(config)
   if mode == "train_classifier" and config.get("noisy_classifier") is None:
     raise ConfigError("--mode=train_classifier is for image runs: config.noisy_classifier is the "
                       "noisy classifier's section (experiments/configs/image_base.py).")
-  if mode == "train":  # a run trained on 8 devices may be sampled on 3
+  if mode in ("train", "tune"):  # a run trained on 8 devices may be sampled on 3
     _check_devices(config)
     kind = config.sampling.get("guidance", {}).get("kind", "none")
     if kind in ("autoguidance", "classifier"):

@@ -24,7 +24,7 @@ import ml_collections
 CONFIG_FILE = "config.json"
 # What a checkpoint means: a change to any of these after training re-interprets the parameters.
 # Everything else (seed, sampling, likelihood, eval, ...) may differ between training and evaluation.
-TRAINED_SECTIONS = ("data", "sde", "model", "training")
+TRAINED_SECTIONS = ("data", "sde", "model", "training", "tune")
 
 
 class WorkdirError(ValueError):
@@ -48,13 +48,13 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
   return _tuples(json.loads(text))
 
 
-def _first_difference(a, b, prefix: str = "config") -> str | None:
+def first_difference(a, b, prefix: str = "config") -> str | None:
   """The dotted path of the first field where two configs differ in value or type, or None."""
   if isinstance(a, ml_collections.ConfigDict) and isinstance(b, ml_collections.ConfigDict):
     for key in sorted(set(a.keys()) | set(b.keys())):
       if key not in a or key not in b:
         return f"{prefix}.{key}"
-      found = _first_difference(a[key], b[key], f"{prefix}.{key}")
+      found = first_difference(a[key], b[key], f"{prefix}.{key}")
       if found:
         return found
     return None
@@ -62,7 +62,7 @@ def _first_difference(a, b, prefix: str = "config") -> str | None:
     if type(a) is not type(b) or len(a) != len(b):
       return prefix
     for i, (x, y) in enumerate(zip(a, b)):
-      found = _first_difference(x, y, f"{prefix}[{i}]")
+      found = first_difference(x, y, f"{prefix}[{i}]")
       if found:
         return found
     return None
@@ -79,7 +79,7 @@ def save_config(workdir, config: ml_collections.ConfigDict) -> pathlib.Path:
   """
   text = config_to_json(config)
   back = config_from_json(text)
-  where = _first_difference(ml_collections.ConfigDict(config.to_dict()), back)
+  where = first_difference(ml_collections.ConfigDict(config.to_dict()), back)
   if where:
     raise WorkdirError(f"{where} does not survive a round trip through {CONFIG_FILE}: use str, "
                        "int, float, bool, None or tuples of them in configs.")
@@ -224,7 +224,7 @@ def resolve_config(config: ml_collections.ConfigDict | None, workdir, *, from_fi
   if config is None:
     return saved
   for section in TRAINED_SECTIONS:
-    where = _first_difference(saved.get(section), config.get(section), f"config.{section}")
+    where = first_difference(saved.get(section), config.get(section), f"config.{section}")
     if where is None:
       continue
     field = where.split("[", 1)[0]

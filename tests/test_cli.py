@@ -52,14 +52,14 @@ def test_config_round_trip_is_exact(tmp_path):
   # Types too (== would accept [7] for (7,) and 7 for 7.0):
   assert type(back.model.hidden_sizes) is tuple and type(back.data.mixture_means[0]) is tuple
   assert type(back.sampling.rho) is float and type(back.training.num_steps) is int
-  assert workdir_lib._first_difference(config, back) is None
+  assert workdir_lib.first_difference(config, back) is None
 
 
 def test_config_written_by_to_json_best_effort_loads_exactly(tmp_path):
   """The format train has written so far (ConfigDict.to_json_best_effort) reads back exactly."""
   config = toy2d_tiny.get_config()
   (tmp_path / "config.json").write_text(config.to_json_best_effort(indent=2))
-  assert workdir_lib._first_difference(config, workdir_lib.load_config(tmp_path)) is None
+  assert workdir_lib.first_difference(config, workdir_lib.load_config(tmp_path)) is None
 
 
 def test_a_field_that_does_not_survive_json_is_named(tmp_path):

@@ -105,8 +105,10 @@ def test_image_config_errors_name_the_field():
     validate.validate(c, "train")
 
 
-def test_cifar10_ddpmpp_config_builds_and_takes_one_step_at_batch_1():
-  """The paper configuration as it is (61.8M parameters), on two mocked CIFAR-10 records."""
+def test_cifar10_ddpmpp_config_builds_and_traces_its_train_step_at_batch_1():
+  """The paper configuration as it is (61.8M parameters), on two mocked CIFAR-10 records: the
+  whole train step traced at batch 1 (its shapes and dtypes; compiling it for XLA:CPU took 70 s
+  of CI's time and checks nothing a tiny config's step does not)."""
   tfds = pytest.importorskip("tensorflow_datasets")
   from experiments.configs import cifar10_ddpmpp_vp
 
@@ -120,21 +122,17 @@ def test_cifar10_ddpmpp_config_builds_and_takes_one_step_at_batch_1():
     mesh = sharding.make_mesh(jax.devices()[:1])
     source = build.build_batch_source(config, mesh, keys.key(config, keys.DATA))
     batch = source.batch(0)
-  state = train_loop.create_state(method, config, mesh)
+  assert batch["x0"].shape == (1, 32, 32, 3)
+  state = train_loop.abstract_state(method, config, sharding.replicated(mesh))
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   # score_sde's DDPM++ cont. (VP) CIFAR-10 network, counted layer by layer from its code
   # (tests/test_unet.py pins the paper configurations' counts).
   assert num_params == 61_804_419
-  before = jax.device_get(state.opt_state)  # the step donates the state's buffers
-  step_fn = sharding.make_sharded_train_step(method.train_step, mesh)
-  new_state, metrics, finite = step_fn(state, batch, sharding.key_data(keys.key(config, keys.TRAIN)))
-  assert bool(finite) and np.isfinite(float(metrics["loss"]))
-  assert int(new_state.step) == 1
-  assert batch["x0"].shape == (1, 32, 32, 3)
-  # The gradient reached Adam's moments (the parameters themselves stay: the paper's learning
-  # rate warms up linearly from 0 over 5,000 steps).
-  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), new_state.opt_state, before)
-  assert any(jax.tree.leaves(moved))
+  new_state, metrics = jax.eval_shape(method.train_step, state, batch,
+                                      keys.key(config, keys.TRAIN))
+  assert jax.tree.map(lambda s: (s.shape, s.dtype), new_state.params) == jax.tree.map(
+      lambda s: (s.shape, s.dtype), state.params)
+  assert metrics["loss"].shape == () and metrics["loss"].dtype == jnp.float32
 
 
 def test_image_figures_sample_the_workdir_and_reuse_its_points(digits_run, tmp_path):

@@ -324,24 +324,12 @@ class UNet(nn.Module):
       raise ValueError(f"resample_filter must be an even number (>= 2) of taps with a positive "
                        f"sum, e.g. (1, 1) or (1, 3, 3, 1), got {self.resample_filter!r}.")
 
-  def _embed(self, t: jax.Array, cond, dtype) -> jax.Array:
-    features = self.model_channels * self.channel_mult_noise
-    c = embed_condition(cond, num_classes=self.num_classes, cond_dim=self.cond_dim,
-                        batch=t.shape[0], features=features, dtype=self.dtype)
-    e = noise_embedding(self.noise_scale * t, embedding=self.embedding, features=features,
-                        fourier_scale=self.fourier_scale)
-    if c is not None:
-      e = e + c
-    width = self.model_channels * self.channel_mult_emb
-    e = nn.silu(_dense(width, "emb_dense0", self.dtype)(e))
-    return nn.silu(_dense(width, "emb_dense1", self.dtype)(e))
-
-  @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, cond=None, *, train: bool = False) -> jax.Array:
+  def check_input(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """Checks the fields and the shapes of (x, t); returns t in x's dtype."""
     self._check_fields()
     if x.ndim != 4:
       raise ValueError(f"x must be NHWC images of shape (B, H, W, C), got {x.shape}.")
-    batch, height, width, channels = x.shape
+    batch, height, width, _ = x.shape
     factor = 2 ** (len(self.channel_mult) - 1)
     if height % factor or width % factor:
       raise ValueError(f"x's height and width must be divisible by 2^(len(channel_mult) - 1) = "
@@ -349,69 +337,118 @@ class UNet(nn.Module):
     t = jnp.asarray(t, x.dtype)
     if t.shape != (batch,):
       raise ValueError(f"t must have shape ({batch},) to match x {x.shape}, got {t.shape}.")
-    out_channels = channels if self.out_channels is None else self.out_channels
-    dtype = self.dtype
+    return t
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, cond=None, *, train: bool = False,
+               residuals: Sequence[jax.Array] | None = None) -> jax.Array:
+    """``residuals``: one array per skip connection and one for the middle output, added to them
+    before the decoder reads them (a ControlNet's output; None: none)."""
+    t = self.check_input(x, t)
     deterministic = not train or self.dropout == 0.0 or not self.has_rng("dropout")
-    skip_scale = 1 / math.sqrt(2) if self.skip_rescale else 1.0
-    taps = tuple(float(v) for v in self.resample_filter)
-    last = len(self.channel_mult) - 1
+    emb = embed(self, t, cond)
+    h, skips = encode(self, x, emb, deterministic)
+    if residuals is not None:
+      if len(residuals) != len(skips) + 1:
+        raise ValueError(f"residuals must hold {len(skips) + 1} arrays (one per skip connection "
+                         f"and one for the middle), got {len(residuals)}.")
+      skips = [s + r for s, r in zip(skips, residuals[:-1])]
+      h = h + residuals[-1]
+    return decode(self, h, skips, emb, deterministic, x.shape[-1]).astype(x.dtype)
 
-    emb = self._embed(t, cond, x.dtype)
 
-    def block(features, name, **kw):
-      return ResBlock(features, num_heads=self.num_heads, dropout=self.dropout,
-                      skip_scale=skip_scale, resample_filter=taps, dtype=dtype, name=name, **kw)
+def embed(net: UNet, t: jax.Array, cond) -> jax.Array:
+  """e = silu(W2 silu(W1 (embed(noise_scale t) + E(cond)))), with ``net``'s fields, as layers of the
+  calling module (see ``encode``)."""
+  features = net.model_channels * net.channel_mult_noise
+  c = embed_condition(cond, num_classes=net.num_classes, cond_dim=net.cond_dim,
+                      batch=t.shape[0], features=features, dtype=net.dtype)
+  e = noise_embedding(net.noise_scale * t, embedding=net.embedding, features=features,
+                      fourier_scale=net.fourier_scale)
+  if c is not None:
+    e = e + c
+  width = net.model_channels * net.channel_mult_emb
+  e = nn.silu(_dense(width, "emb_dense0", net.dtype)(e))
+  return nn.silu(_dense(width, "emb_dense1", net.dtype)(e))
 
-    # Encoder: a 3x3 stem, then per level [down] + num_res_blocks blocks; every output is a skip.
-    h = Conv2D(self.model_channels, 3, kernel_init=_init(1.0), dtype=dtype, name="stem")(x)
-    skips, aux = [h], x
-    for level, mult in enumerate(self.channel_mult):
-      res = height >> level
-      if level > 0:
-        c = h.shape[-1]
-        if self.resblock == "biggan":
-          h = block(c, f"enc{res}_down", down=True)(h, emb, deterministic)
-        else:
-          h = Resample(c, resample_filter=taps, dtype=dtype, name=f"enc{res}_down")(h)
-        if self.encoder == "skip":
-          aux = downsample(aux, taps)
-          h = h + Conv2D(c, 1, kernel_init=_init(1.0), dtype=dtype, name=f"enc{res}_aux_skip")(aux)
-        elif self.encoder == "residual":
-          aux = Conv2D(c, 3, kernel_init=_init(1.0), dtype=dtype,
-                       name=f"enc{res}_aux_residual")(downsample(aux, taps))
-          h = aux = (h + aux) * skip_scale
-        skips.append(h)
-      for i in range(self.num_res_blocks):
-        h = block(self.model_channels * mult, f"enc{res}_block{i}",
-                  attention=res in self.attn_resolutions)(h, emb, deterministic)
-        skips.append(h)
 
-    # Middle: a block with attention and a block without, at the coarsest level.
-    c = h.shape[-1]
-    h = block(c, "mid0", attention=True)(h, emb, deterministic)
-    h = block(c, "mid1")(h, emb, deterministic)
+def _block(net: UNet, features: int, name: str, **kw) -> ResBlock:
+  skip_scale = 1 / math.sqrt(2) if net.skip_rescale else 1.0
+  return ResBlock(features, num_heads=net.num_heads, dropout=net.dropout, skip_scale=skip_scale,
+                  resample_filter=tuple(float(v) for v in net.resample_filter), dtype=net.dtype,
+                  name=name, **kw)
 
-    # Decoder: per level [up] + num_res_blocks + 1 blocks on (h, skip) concatenations.
-    out = None
-    for level in reversed(range(len(self.channel_mult))):
-      mult, res = self.channel_mult[level], height >> level
-      if level < last:
-        c = h.shape[-1]
-        if self.resblock == "biggan":
-          h = block(c, f"dec{res}_up", up=True)(h, emb, deterministic)
-        else:
-          h = Resample(c, up=True, resample_filter=taps, dtype=dtype, name=f"dec{res}_up")(h)
-      for i in range(self.num_res_blocks + 1):
-        h = jnp.concatenate([h, skips.pop()], axis=-1)
-        h = block(self.model_channels * mult, f"dec{res}_block{i}",
-                  attention=i == self.num_res_blocks and res in self.attn_resolutions)(
-                      h, emb, deterministic)
-      if self.decoder == "skip" or level == 0:
-        y = nn.silu(_group_norm(h.shape[-1], f"dec{res}_out_norm", dtype)(h))
-        y = Conv2D(out_channels, 3, kernel_init=_init(_ZERO), dtype=dtype, name=f"dec{res}_out")(y)
-        out = y if out is None else upsample(out, taps) + y
-    assert not skips
-    return out.astype(x.dtype)
+
+def encode(net: UNet, x: jax.Array, emb: jax.Array, deterministic: bool, *,
+           stem_offset: jax.Array | None = None) -> tuple[jax.Array, list[jax.Array]]:
+  """The U-Net's stem, encoder levels and middle blocks with ``net``'s fields, as layers of the
+  module whose compact method calls it (the U-Net itself, or a ControlNet's trainable copy, whose
+  layers then carry the U-Net's names): (middle output, the skip connections, finest first).
+  ``stem_offset`` is added to the stem's output (a ControlNet's control input)."""
+  dtype, taps = net.dtype, tuple(float(v) for v in net.resample_filter)
+  skip_scale = 1 / math.sqrt(2) if net.skip_rescale else 1.0
+  height = x.shape[1]
+  # A 3x3 stem, then per level [down] + num_res_blocks blocks; every output is a skip.
+  h = Conv2D(net.model_channels, 3, kernel_init=_init(1.0), dtype=dtype, name="stem")(x)
+  if stem_offset is not None:
+    h = h + stem_offset
+  skips, aux = [h], x
+  for level, mult in enumerate(net.channel_mult):
+    res = height >> level
+    if level > 0:
+      c = h.shape[-1]
+      if net.resblock == "biggan":
+        h = _block(net, c, f"enc{res}_down", down=True)(h, emb, deterministic)
+      else:
+        h = Resample(c, resample_filter=taps, dtype=dtype, name=f"enc{res}_down")(h)
+      if net.encoder == "skip":
+        aux = downsample(aux, taps)
+        h = h + Conv2D(c, 1, kernel_init=_init(1.0), dtype=dtype, name=f"enc{res}_aux_skip")(aux)
+      elif net.encoder == "residual":
+        aux = Conv2D(c, 3, kernel_init=_init(1.0), dtype=dtype,
+                     name=f"enc{res}_aux_residual")(downsample(aux, taps))
+        h = aux = (h + aux) * skip_scale
+      skips.append(h)
+    for i in range(net.num_res_blocks):
+      h = _block(net, net.model_channels * mult, f"enc{res}_block{i}",
+                 attention=res in net.attn_resolutions)(h, emb, deterministic)
+      skips.append(h)
+  # Middle: a block with attention and a block without, at the coarsest level.
+  c = h.shape[-1]
+  h = _block(net, c, "mid0", attention=True)(h, emb, deterministic)
+  h = _block(net, c, "mid1")(h, emb, deterministic)
+  return h, skips
+
+
+def decode(net: UNet, h: jax.Array, skips: list[jax.Array], emb: jax.Array, deterministic: bool,
+           in_channels: int) -> jax.Array:
+  """The U-Net's decoder: per level [up] + num_res_blocks + 1 blocks on (h, skip) concatenations,
+  then the output head(s)."""
+  dtype, taps = net.dtype, tuple(float(v) for v in net.resample_filter)
+  out_channels = in_channels if net.out_channels is None else net.out_channels
+  height = skips[0].shape[1]
+  last = len(net.channel_mult) - 1
+  skips = list(skips)
+  out = None
+  for level in reversed(range(len(net.channel_mult))):
+    mult, res = net.channel_mult[level], height >> level
+    if level < last:
+      c = h.shape[-1]
+      if net.resblock == "biggan":
+        h = _block(net, c, f"dec{res}_up", up=True)(h, emb, deterministic)
+      else:
+        h = Resample(c, up=True, resample_filter=taps, dtype=dtype, name=f"dec{res}_up")(h)
+    for i in range(net.num_res_blocks + 1):
+      h = jnp.concatenate([h, skips.pop()], axis=-1)
+      h = _block(net, net.model_channels * mult, f"dec{res}_block{i}",
+                 attention=i == net.num_res_blocks and res in net.attn_resolutions)(
+                     h, emb, deterministic)
+    if net.decoder == "skip" or level == 0:
+      y = nn.silu(_group_norm(h.shape[-1], f"dec{res}_out_norm", dtype)(h))
+      y = Conv2D(out_channels, 3, kernel_init=_init(_ZERO), dtype=dtype, name=f"dec{res}_out")(y)
+      out = y if out is None else upsample(out, taps) + y
+  assert not skips
+  return out
 
 
 # The papers' CIFAR-10 networks. Parameter counts (32x32x3, unconditional), as jax.eval_shape

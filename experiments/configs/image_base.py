@@ -27,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.tfds_split = "train"
   data.tfds_data_dir = ""
   data.tfds_download = False
+  # Labels left out of training (the highest ones, e.g. (9,)): the held-out class of the tuning
+  # protocol (digits_holdout.py, experiments/tune.py); the evaluation scores the other classes.
+  data.holdout_classes = ()
   data.random_flip = False  # horizontal flips (not for digits: a flipped 7 is not a digit)
 
   sde = config.sde

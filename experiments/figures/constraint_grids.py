@@ -74,7 +74,8 @@ def _restore(config, workdir, step, method):
         train_lib.abstract_state(method, config, sharding.replicated(mesh)), step=step)
   if state is None:
     raise app.UsageError(f"No checkpoint in {workdir}/checkpoints.")
-  return state.ema_params, restored
+  state = train_lib.with_frozen(method, state, sharding.replicated(mesh))
+  return train_lib.model_params(method, state), restored
 
 
 def main(argv):
