@@ -415,6 +415,8 @@ def _check_tune(config: ml_collections.ConfigDict) -> None:
                       f"{t.control_size!r}.")
   try:
     tune.base_config(config)
+    if t.method != "controlnet":  # K must not exceed the label's training images
+      tune.shots(config, build_images.build_image_data(config)[0])
   except tune.TuneError as e:
     raise ConfigError(str(e)) from None
 
