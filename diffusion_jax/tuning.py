@@ -90,10 +90,11 @@ def _get(tree, path: tuple[str, ...]):
 
 
 def _replace(tree, path: tuple[str, ...], value):
-  """A copy of nested dicts ``tree`` with ``tree[path] = value`` (the other leaves shared)."""
+  """A copy of nested dicts ``tree`` with ``tree[path] = value`` (the other leaves shared; missing
+  levels created)."""
   if not path:
     return value
-  return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
+  return {**tree, path[0]: _replace(tree.get(path[0], {}), path[1:], value)}
 
 
 def _module_rngs(key):
@@ -253,7 +254,7 @@ class LoRA:
       fan_in = int(np.prod(kernel.shape[:-1]))
       a = jax.random.normal(jax.random.fold_in(key, i), (*kernel.shape[:-1], self.rank))
       pair = {"a": a / math.sqrt(fan_in), "b": jnp.zeros((self.rank, kernel.shape[-1]))}
-      tuned = _replace_new(tuned, path[:-1], pair)
+      tuned = _replace(tuned, path[:-1], pair)
     return tuned
 
   def _pairs(self, tuned):
@@ -305,13 +306,6 @@ class LoRA:
 
     with nn.intercept_methods(low_rank):
       return base_fn(base_params, x, t, cond, key=key, train=train)
-
-
-def _replace_new(tree, path, value):
-  """``_replace`` that creates missing levels."""
-  if not path:
-    return value
-  return {**tree, path[0]: _replace_new(tree.get(path[0], {}), path[1:], value)}
 
 
 def _resblock_widths(base_params) -> dict[str, int]:

@@ -157,6 +157,22 @@ def build_model_fn(config: ml_collections.ConfigDict, module, sde, raw=None):
   return raw, prediction
 
 
+def build_loss_fn(config: ml_collections.ConfigDict, model_fn, sde, prediction, cond_key,
+                  combine_fn=None):
+  """config.training.loss -> the per-example loss of ``build_model_fn``'s model: EDM's, or DSM in
+  the configured prediction and weighting; ``combine_fn`` as the losses take it (a tuned model)."""
+  from experiments import build
+
+  tc = config.training
+  if tc.loss == "edm":
+    return losses.make_edm_loss_fn(model_fn, sde, sigma_data=tc.sigma_data, p_mean=tc.p_mean,
+                                   p_std=tc.p_std, t_min=tc.t_min, cond_key=cond_key,
+                                   combine_fn=combine_fn)
+  return losses.make_dsm_loss_fn(model_fn, sde, prediction=prediction,
+                                 weighting=build.build_weighting(config), t_min=tc.t_min,
+                                 cond_key=cond_key, combine_fn=combine_fn)
+
+
 def _check_image_conditioning(config, train_set) -> int:
   num_classes = config.model.num_classes
   if not num_classes:
@@ -251,14 +267,7 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
   null_cond = conditions.null_label(num_classes) if num_classes else None
   module = build_image_model(config, num_classes)
   model_fn, prediction = build_model_fn(config, module, sde)
-  tc = config.training
-  if tc.loss == "edm":
-    loss_fn = losses.make_edm_loss_fn(model_fn, sde, sigma_data=tc.sigma_data, p_mean=tc.p_mean,
-                                      p_std=tc.p_std, t_min=tc.t_min, cond_key=cond_key)
-  else:
-    loss_fn = losses.make_dsm_loss_fn(model_fn, sde, prediction=prediction,
-                                      weighting=build.build_weighting(config), t_min=tc.t_min,
-                                      cond_key=cond_key)
+  loss_fn = build_loss_fn(config, model_fn, sde, prediction, cond_key)
   if num_classes and config.model.label_dropout > 0:
     loss_fn = conditions.with_condition_dropout(loss_fn, config.model.label_dropout, null_cond,
                                                 cond_key)

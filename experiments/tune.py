@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import conditions, losses, nets, parameterization, train, tuning
+from diffusion_jax import conditions, nets, parameterization, train, tuning
 from diffusion_jax.data import images as image_lib
 from experiments import build, build_images, keys, sharding
 from experiments import workdir as workdir_lib
@@ -171,7 +171,7 @@ def build_tune_method(config: ml_collections.ConfigDict) -> Method:
   """The tuned model as a ``Method``: init reads the frozen base parameters and starts the tuner;
   the loss differentiates the trainable tree only; sample / evaluate take {"base", "tuned"}."""
   base_config(config)
-  t, tc = config.tune, config.training
+  t = config.tune
   sde = build.build_sde(config)
   train_set, test_set = build_images.build_image_data(config)
   shape = tuple(train_set.shape)
@@ -191,14 +191,8 @@ def build_tune_method(config: ml_collections.ConfigDict) -> Method:
   sample_fn, _ = build_images.build_model_fn(config, module, sde,
                                              tuning.TunedModelFn(raw, sample_tuner))
   cond_key = "cond" if controlled else "label"
-  if tc.loss == "edm":
-    loss_fn = losses.make_edm_loss_fn(model_fn, sde, sigma_data=tc.sigma_data, p_mean=tc.p_mean,
-                                      p_std=tc.p_std, t_min=tc.t_min, cond_key=cond_key,
-                                      combine_fn=tuning.combine)
-  else:
-    loss_fn = losses.make_dsm_loss_fn(model_fn, sde, prediction=prediction,
-                                      weighting=build.build_weighting(config), t_min=tc.t_min,
-                                      cond_key=cond_key, combine_fn=tuning.combine)
+  loss_fn = build_images.build_loss_fn(config, model_fn, sde, prediction, cond_key,
+                                       combine_fn=tuning.combine)
   if controlled:
     loss_fn = _controlled(loss_fn, t.control_size, int(null_cond))
   optimizer, _ = build.build_optimizer(config)
@@ -230,12 +224,9 @@ def build_tune_method(config: ml_collections.ConfigDict) -> Method:
   def to_data_range(x):
     return np.asarray(image_lib.model_to_levels(np.asarray(x), levels))
 
-  def write_figure(path, plot, title):
-    write_samples_figure(path, plot, title)
-
   return Method(init=init, train_step=train_step, sample=sample, evaluate=evaluate,
                 example_shape=shape, loss_fn=loss_fn, cond_key=cond_key, null_cond=null_cond,
-                score_fn=score_fn, write_figure=write_figure, to_data_range=to_data_range,
+                score_fn=score_fn, write_figure=write_samples_figure, to_data_range=to_data_range,
                 headline=headline, frozen=frozen, combine=tuning.combine)
 
 
@@ -321,7 +312,7 @@ def prior_samples(config, mesh) -> image_lib.ImageDataset:
   num = config.tune.num_prior
   labels = other_labels(config, num)
   x = frozen_draws(config, num, labels, "prior", mesh)
-  levels = 17 if config.data.name == "digits" else 256
+  levels = build_images.num_levels(config)
   return image_lib.ImageDataset(images=image_lib.model_to_levels(x, levels).astype(np.uint8),
                                 labels=labels, num_levels=levels)
 
@@ -383,9 +374,9 @@ def evaluate_tuned(config, draw, train_set, test_set) -> tuple[dict, dict]:
   test_other = build_images.without_classes(test_set, held)
   train_other = build_images.without_classes(train_set, held)
   f_test = classifier.features(test_other.to_model())
+  f_train = classifier.features(train_other.to_model())
   rng = np.random.default_rng(config.seed)
-  floor = [metrics.fd(classifier.features(train_other.to_model()[
-      rng.choice(len(train_other), m, replace=m > len(train_other))]),
+  floor = [metrics.fd(f_train[rng.choice(len(train_other), m, replace=m > len(train_other))],
                       f_test) for _ in range(e.floor_repeats)]
   for name, xs in (("tuned", tuned_x), ("frozen", frozen_x)):
     q = _quantized(xs, levels)

@@ -43,7 +43,7 @@ _COLUMNS = (("heldout_confident_fraction", "confident 9s", "{:.1%}"),
             ("tune_seconds", "tuning (s)", "{:.0f}"))
 
 
-def _config(method: str, k: int, workdir: pathlib.Path):
+def _config(method: str, k: int):
   from experiments.configs import tune_digits
 
   config = tune_digits.get_config("dreambooth" if method == "dreambooth_noprior" else method)
@@ -61,7 +61,7 @@ def _run(method: str, k: int) -> tuple[dict, pathlib.Path]:
   workdir = pathlib.Path(FLAGS.root) / name
   path = workdir / "eval" / "summary.json"
   if not path.exists():
-    config = _config(method, k, workdir)
+    config = _config(method, k)
     try:
       validate.validate(config, "tune")
     except validate.ConfigError as e:
@@ -101,7 +101,7 @@ def main(argv):
       grids.append((label, _samples(workdir, 10), method == "controlnet"))
       print(f"{label}: {tune.headline(summary)}", flush=True)
 
-  config = _config(methods[0], shots[0], pathlib.Path(FLAGS.root))
+  config = _config(methods[0], shots[0])
   train_set, test_set = build_images.build_image_data(config)
   real = tune.unseen_images(config, train_set, test_set)[:10]
 
