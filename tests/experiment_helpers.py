@@ -2,6 +2,8 @@
 
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -17,6 +19,13 @@ def subprocess_env(**extra) -> dict:
   env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
   env.update(extra)
   return env
+
+
+def run_figure(name: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+  """``python experiments/figures/<name>.py *args`` in a child Python, output captured."""
+  return subprocess.run([sys.executable, str(REPO / "experiments" / "figures" / f"{name}.py"),
+                         *args], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
+                        timeout=timeout)
 
 
 def assert_trees_equal(a, b):

@@ -1,17 +1,14 @@
 """The figure scripts: --help lists every flag, and each runs end to end on tiny settings."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from experiment_helpers import REPO, subprocess_env
+from experiment_helpers import run_figure
 from experiments import run as run_lib
 from experiments import workdir as workdir_lib
 from experiments.configs import toy2d_tiny
 
-FIGURES = REPO / "experiments" / "figures"
 # script -> (flags it must list in --help, tiny flags, the files it writes)
 SCRIPTS = {
     "sde_trajectories": (["--sde", "--paths", "--steps", "--num", "--grid", "--out"],
@@ -34,14 +31,9 @@ SCRIPTS = {
 }
 
 
-def _script(name, *args, timeout=600):
-  return subprocess.run([sys.executable, str(FIGURES / f"{name}.py"), *args], cwd=REPO,
-                        env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_help_lists_every_flag_with_its_default(name):
-  proc = _script(name, "--help", timeout=60)
+  proc = run_figure(name, "--help", timeout=60)
   assert proc.returncode == 0, proc.stderr[-2000:]
   for flag in SCRIPTS[name][0]:
     assert f"  {flag}:" in proc.stdout, (flag, proc.stdout)
@@ -51,7 +43,7 @@ def test_help_lists_every_flag_with_its_default(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_runs_end_to_end_writing_png_and_json(name, tmp_path):
-  proc = _script(name, f"--out={tmp_path}", *SCRIPTS[name][1])
+  proc = run_figure(name, f"--out={tmp_path}", *SCRIPTS[name][1])
   assert proc.returncode == 0, proc.stderr[-3000:]
   stem = tmp_path / SCRIPTS[name][2]
   assert stem.with_suffix(".png").stat().st_size > 1000
@@ -60,9 +52,9 @@ def test_runs_end_to_end_writing_png_and_json(name, tmp_path):
 
 
 def test_bad_flags_are_usage_errors(tmp_path):
-  proc = _script("quality_vs_nfe", f"--out={tmp_path}", "--samplers=ddim,nope", timeout=120)
+  proc = run_figure("quality_vs_nfe", f"--out={tmp_path}", "--samplers=ddim,nope", timeout=120)
   assert proc.returncode != 0 and "--samplers" in proc.stderr and "nope" in proc.stderr
-  proc = _script("sde_trajectories", "--paths=0", timeout=60)
+  proc = run_figure("sde_trajectories", "--paths=0", timeout=60)
   assert proc.returncode != 0 and "--paths" in proc.stderr
   assert not list(tmp_path.iterdir())
 
@@ -75,13 +67,13 @@ def test_likelihood_density_reads_the_workdir_config(tmp_path):
   config.training.num_steps, config.training.checkpoint_every, config.training.warmup_steps = 2, 2, 1
   run_lib.train(config, tmp_path / "run")
   workdir_lib.save_config(tmp_path / "run", config)
-  proc = _script("likelihood_density", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path}",
+  proc = run_figure("likelihood_density", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path}",
                  "--grid=3", "--tol=1e-3")
   assert proc.returncode == 0, proc.stderr[-3000:]
   payload = json.loads((tmp_path / "likelihood_density.json").read_text())
   assert payload["sde"] == "VESDE" and payload["variable"] == "InSigma"
   assert "step 2" in payload["source"]
   # A trained field changed on the command line is refused, naming it.
-  proc = _script("likelihood_density", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path}",
+  proc = run_figure("likelihood_density", f"--workdir={tmp_path / 'run'}", f"--out={tmp_path}",
                  "--config.sde.name=vp", timeout=120)
   assert proc.returncode != 0 and "config.sde.name" in proc.stderr

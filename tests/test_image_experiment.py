@@ -136,17 +136,12 @@ def test_cifar10_ddpmpp_config_builds_and_traces_its_train_step_at_batch_1():
 
 
 def test_image_figures_sample_the_workdir_and_reuse_its_points(digits_run, tmp_path):
-  import subprocess
-  import sys
-
-  from experiment_helpers import REPO, subprocess_env
+  from experiment_helpers import run_figure
 
   config, workdir, _ = digits_run
 
   def script(name, *args):
-    proc = subprocess.run([sys.executable, str(REPO / "experiments" / "figures" / f"{name}.py"),
-                           f"--out={tmp_path}", *args], cwd=REPO, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=600)
+    proc = run_figure(name, f"--out={tmp_path}", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 

@@ -112,14 +112,9 @@ def test_prompt_tuning_forgets_nothing_and_its_checkpoint_holds_the_vectors(base
 
 
 def _figure(*args):
-  import subprocess
-  import sys
+  from experiment_helpers import run_figure
 
-  from experiment_helpers import REPO, subprocess_env
-
-  return subprocess.run([sys.executable, str(REPO / "experiments" / "figures" / "tuning_methods.py"),
-                         *args], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                        timeout=600)
+  return run_figure("tuning_methods", *args)
 
 
 def test_figure_help_lists_its_flags_and_refuses_a_missing_base(tmp_path):
