@@ -3,7 +3,7 @@
 The public API, re-exported explicitly; each module's docstring explains its part.
 """
 
-from diffusion_jax import (analytic, conditions, data, guidance, likelihood, losses, metrics,
+from diffusion_jax import (analytic, baselines, conditions, data, guidance, likelihood, losses, metrics,
                            nets, parameterization, samplers, sampling, schedules, sde, sdes, simulate,
                            train, tuning)
 from diffusion_jax.analytic import (ConditionalDiffusedMixture, DiffusedMixture, GaussianMixture,
