@@ -36,16 +36,12 @@ import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from diffusion_jax import data, likelihood, train  # noqa: E402
+from diffusion_jax import data, likelihood, train, tuning  # noqa: E402
 from diffusion_jax.baselines import flow, gan, pixelcnn, vae  # noqa: E402
 
 LEVELS = 17
 SHAPE = (8, 8, 1)
 D = 64
-
-
-def _num_params(tree) -> int:
-  return int(sum(np.size(p) for p in jax.tree.leaves(tree)))
 
 
 def family(name: str):
@@ -113,7 +109,7 @@ def run_family(name: str, seconds: float, train_x: np.ndarray, test_x: np.ndarra
   jax.block_until_ready(state)
   train_s = time.perf_counter() - tic
   ema = state.ema_params
-  out = {"family": name, "likelihood": kind, "num_params": _num_params(params),
+  out = {"family": name, "likelihood": kind, "num_params": tuning.num_params(params),
          "train_steps": steps, "train_seconds": train_s, "compile_seconds": compile_s,
          "final_metrics": {k: float(v) for k, v in metrics.items()}}
   if bpd is not None:

@@ -81,6 +81,15 @@ def check_less(name_lo: str, lo, name_hi: str, hi) -> None:
     raise ValueError(f"{name_lo} must be < {name_hi}, got {name_lo}={lo!r} and {name_hi}={hi!r}.")
 
 
+def check_divisible_image(name: str, image_shape, factor: int, what: str) -> None:
+  """An (H, W, C) shape whose height and width a network halves len(...) times: both divisible by
+  ``factor`` (``what`` says where the factor comes from, e.g. "2^len(features)")."""
+  h, w = image_shape[0], image_shape[1]
+  if h % factor or w % factor:
+    raise ValueError(f"{name} {tuple(image_shape)} must have height and width divisible by "
+                     f"{what} = {factor}, got {h}x{w}.")
+
+
 def check_time(name: str, t, t_lo: float, t_hi: float) -> None:
   """Raise if a concrete time lies outside [t_lo, t_hi]; traced times cannot be checked eagerly."""
   if is_concrete(t):

@@ -25,6 +25,11 @@ def _centres(levels, num_levels):
   return -1.0 + (2.0 * np.asarray(levels) + 1.0) / num_levels
 
 
+def _perturbed(params):
+  """params + 0.1 N(0, 1): the zero-initialised last layers (gated blocks, couplings) made live."""
+  return jax.tree.map(lambda p: p + 0.1 * jr.normal(jr.key(1), p.shape), params)
+
+
 # ---------------------------------------------------------------- discretised logistic mixture
 
 
@@ -86,10 +91,7 @@ def test_discretized_rejects_mismatched_parameters():
 @pytest.fixture(scope="module")
 def pixel_model():
   module = pixelcnn.PixelCNN(features=8, num_blocks=2, num_mixtures=2)
-  params = module.init(jr.key(0), jnp.zeros((1, 4, 4, 1)))
-  # The gated blocks end in zero-initialised convolutions: perturb them so every path is live.
-  params = jax.tree.map(lambda p: p + 0.1 * jr.normal(jr.key(1), p.shape), params)
-  return module, params
+  return module, _perturbed(module.init(jr.key(0), jnp.zeros((1, 4, 4, 1))))
 
 
 def test_pixelcnn_output_depends_only_on_earlier_pixels(pixel_model):
@@ -194,9 +196,7 @@ def test_vae_elbo_is_reconstruction_minus_beta_kl():
 @pytest.fixture(scope="module")
 def glow():
   module = flow.Glow(num_scales=2, num_steps=2, hidden=8)
-  params = module.init(jr.key(0), jnp.zeros((1, 4, 4, 1)))
-  params = jax.tree.map(lambda p: p + 0.1 * jr.normal(jr.key(1), p.shape), params)
-  return module, params
+  return module, _perturbed(module.init(jr.key(0), jnp.zeros((1, 4, 4, 1))))
 
 
 def test_flow_inverse_undoes_forward(glow):

@@ -20,13 +20,14 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from diffusion_jax.likelihood import dequantization
+
 MIN_LOG_SCALE = -7.0  # s >= e^-7: far below a cell of 1/128 (the 256-level cells), as PixelCNN++
+DATA_RANGE = (-1.0, 1.0)  # the levels' cells tile [-1, 1], as for the diffusion models
 
 
 def _check_levels(num_levels) -> int:
-  if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
-    raise ValueError(f"num_levels must be an integer >= 2, got {num_levels!r}.")
-  return num_levels
+  return dequantization.check_levels(num_levels, DATA_RANGE)[0]
 
 
 def logistic_cell_logprob(x, mean, log_scale, num_levels: int):
@@ -37,8 +38,8 @@ def logistic_cell_logprob(x, mean, log_scale, num_levels: int):
   a = (x - mean + half) * inv_s  # upper edge
   b = (x - mean - half) * inv_s  # lower edge
   middle = jax.nn.log_sigmoid(a) + jax.nn.log_sigmoid(-b) + jnp.log(-jnp.expm1(b - a))
-  lowest = x < -1.0 + 2.0 * half - half * 0.5  # level 0's centre is -1 + 1/L
-  highest = x > 1.0 - 2.0 * half + half * 0.5
+  lowest = x < -1.0 + 1.5 * half  # level 0's centre is -1 + 1/L, level 1's -1 + 3/L
+  highest = x > 1.0 - 1.5 * half
   return jnp.where(lowest, jax.nn.log_sigmoid(a), jnp.where(highest, jax.nn.log_sigmoid(-b), middle))
 
 
@@ -69,9 +70,18 @@ def mixture_sample(key, logits, means, log_scales, num_levels: int):
 
 
 def to_cell_centre(y, num_levels: int):
-  """The centre of the level cell holding y (clipped to [-1, 1]): the same cells as the data."""
-  k = jnp.clip(jnp.floor((y + 1.0) * (num_levels / 2.0)), 0, num_levels - 1)
-  return -1.0 + (2.0 * k + 1.0) / num_levels
+  """The centre of the level cell holding y (clipped to [-1, 1]): the likelihood package's one
+  map between levels and data space (``levels_of``, ``level_centres``)."""
+  kw = dict(num_levels=num_levels, data_range=DATA_RANGE)
+  return dequantization.level_centres(dequantization.levels_of(y, **kw), **kw)
+
+
+def image_logprob(out, x, num_mixtures: int, num_levels: int):
+  """log P(image) in nats per image (N,): a network's (N, H, W, C, 3K) mixture parameters
+  ``out`` scored at the images ``x`` (N, H, W, C), summed over pixels and channels."""
+  logits, means, log_scales = split_params(out, num_mixtures)
+  per = mixture_logprob(x, logits, means, log_scales, num_levels)
+  return per.reshape(per.shape[0], -1).sum(-1)
 
 
 def split_params(h, num_mixtures: int):

@@ -22,6 +22,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from diffusion_jax import _checks
+from diffusion_jax.baselines import discretized
+from diffusion_jax.likelihood import dequantization
+
 
 def squeeze(x):
   """(N, H, W, C) -> (N, H/2, W/2, 4C): each 2x2 block into channels (volume-preserving)."""
@@ -141,11 +145,8 @@ class Glow(nn.Module):
 
 
 def check_image_shape(module: Glow, image_shape) -> None:
-  h, w, _ = image_shape
-  div = 2 ** module.num_scales
-  if h % div or w % div:
-    raise ValueError(f"the image's height and width {h}x{w} must be divisible by 2^num_scales = "
-                     f"{div}.")
+  _checks.check_divisible_image("image_shape", image_shape, 2 ** module.num_scales,
+                                "2^num_scales")
 
 
 def log_density(module: Glow, params, x):
@@ -156,8 +157,10 @@ def log_density(module: Glow, params, x):
 
 
 def dequantize(key, x, num_levels: int):
-  """Cell centres in [-1, 1] -> a uniform point of each one's cell (width 2/L)."""
-  return x + (jr.uniform(key, x.shape) - 0.5) * (2.0 / num_levels)
+  """Cell centres in [-1, 1] -> a uniform point of each one's cell (width 2/L): the likelihood
+  package's ``dequantize`` of their levels."""
+  kw = dict(num_levels=num_levels, data_range=discretized.DATA_RANGE)
+  return dequantization.dequantize(key, dequantization.levels_of(x, **kw), **kw)
 
 
 def sample(module: Glow, params, key, num: int, image_shape, *, temperature: float = 1.0):

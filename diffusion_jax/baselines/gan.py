@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from diffusion_jax import _checks
+
 GENERATOR_LOSSES = ("non_saturating", "minimax")
 
 
@@ -39,9 +41,7 @@ class Generator(nn.Module):
   def __call__(self, z):
     h, w, c = self.image_shape
     down = 2 ** len(self.features)
-    if h % down or w % down:
-      raise ValueError(f"image_shape {self.image_shape} must be divisible by 2^len(features) = "
-                       f"{down}.")
+    _checks.check_divisible_image("image_shape", self.image_shape, down, "2^len(features)")
     x = nn.Dense((h // down) * (w // down) * self.features[0])(z)
     x = nn.leaky_relu(x.reshape(z.shape[0], h // down, w // down, self.features[0]), 0.2)
     for f in self.features:

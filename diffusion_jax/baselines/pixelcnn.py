@@ -37,27 +37,25 @@ class DownConv(nn.Module):
   kernel: tuple[int, int] = (2, 3)
   zero_init: bool = False
 
+  def _columns(self, kw: int) -> tuple[int, int]:
+    """The zero columns padded (left, right) before a VALID convolution."""
+    return (kw - 1) // 2, (kw - 1) // 2
+
   @nn.compact
   def __call__(self, x):
     kh, kw = self.kernel
-    x = jnp.pad(x, ((0, 0), (kh - 1, 0), ((kw - 1) // 2, (kw - 1) // 2), (0, 0)))
+    x = jnp.pad(x, ((0, 0), (kh - 1, 0), self._columns(kw), (0, 0)))
     init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
     return nn.Conv(self.features, self.kernel, padding="VALID", kernel_init=init)(x)
 
 
-class DownRightConv(nn.Module):
+class DownRightConv(DownConv):
   """A convolution whose output at (i, j) sees rows i-kh+1..i and columns j-kw+1..j."""
 
-  features: int
   kernel: tuple[int, int] = (2, 2)
-  zero_init: bool = False
 
-  @nn.compact
-  def __call__(self, x):
-    kh, kw = self.kernel
-    x = jnp.pad(x, ((0, 0), (kh - 1, 0), (kw - 1, 0), (0, 0)))
-    init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
-    return nn.Conv(self.features, self.kernel, padding="VALID", kernel_init=init)(x)
+  def _columns(self, kw: int) -> tuple[int, int]:
+    return kw - 1, 0
 
 
 class GatedResidual(nn.Module):
@@ -105,9 +103,7 @@ def log_likelihood(module: PixelCNN, params, x, num_levels: int, *, train: bool 
                    rngs=None):
   """Exact log P(x) in nats per image (N,), x: (N, H, W, C) cell centres of ``num_levels``."""
   out = module.apply(params, x, train=train, rngs=rngs)
-  logits, means, log_scales = discretized.split_params(out, module.num_mixtures)
-  per = discretized.mixture_logprob(x, logits, means, log_scales, num_levels)
-  return per.reshape(per.shape[0], -1).sum(-1)
+  return discretized.image_logprob(out, x, module.num_mixtures, num_levels)
 
 
 def sample(module: PixelCNN, params, key, shape, num_levels: int):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
+from diffusion_jax import _checks
 from diffusion_jax.baselines import discretized
 
 
@@ -49,9 +50,7 @@ class ConvDecoder(nn.Module):
   def __call__(self, z):
     h, w, c = self.image_shape
     down = 2 ** len(self.features)
-    if h % down or w % down:
-      raise ValueError(f"image_shape {self.image_shape} must be divisible by 2^len(features) = "
-                       f"{down}.")
+    _checks.check_divisible_image("image_shape", self.image_shape, down, "2^len(features)")
     x = nn.silu(nn.Dense(256)(z))
     x = nn.silu(nn.Dense((h // down) * (w // down) * self.features[0])(x))
     x = x.reshape(z.shape[0], h // down, w // down, self.features[0])
@@ -84,9 +83,7 @@ def _gaussian_logpdf(z, mean, log_var):
 
 def _decoder_logprob(module, params, x, z, num_levels):
   out = module.apply(params, z, method=VAE.decode)
-  logits, means, log_scales = discretized.split_params(out, module.decoder.num_mixtures)
-  per = discretized.mixture_logprob(x, logits, means, log_scales, num_levels)
-  return per.reshape(per.shape[0], -1).sum(-1)
+  return discretized.image_logprob(out, x, module.decoder.num_mixtures, num_levels)
 
 
 def elbo(module: VAE, params, x, key, num_levels: int, *, beta: float = 1.0):
