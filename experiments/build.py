@@ -171,7 +171,7 @@ def build_optimizer(config: ml_collections.ConfigDict):
     raise _unknown("config.training.lr_schedule", c.lr_schedule, ("constant", "cosine"))
   kwargs = dict(warmup_steps=c.warmup_steps, decay_steps=decay_steps)
   optimizer = train.make_optimizer(c.learning_rate, grad_clip_norm=c.grad_clip_norm or None,
-                                   weight_decay=c.weight_decay, **kwargs)
+                                   weight_decay=c.weight_decay, b1=c.get("adam_b1", 0.9), **kwargs)
   return optimizer, train.make_lr_schedule(c.learning_rate, **kwargs)
 
 
@@ -385,15 +385,18 @@ def _check_conditioning(config: ml_collections.ConfigDict, dataset) -> int:
 
 def build_method(config: ml_collections.ConfigDict) -> Method:
   """config -> the method record the runner trains, samples and evaluates: a tuning of a trained
-  model (config.tune, experiments/tune.py), images (config.data.name one of IMAGE_DATASETS) or
-  2-D toy data."""
+  model (config.tune, experiments/tune.py), images (config.data.name one of IMAGE_DATASETS; a
+  diffusion model, or with config.model.name one of the baseline families
+  ``experiments/build_baselines.py``) or 2-D toy data."""
   if config.get("tune") is not None:
     from experiments import tune
 
     return tune.build_tune_method(config)
   if is_image_data(config):
-    from experiments import build_images
+    from experiments import build_baselines, build_images
 
+    if build_baselines.is_baseline(config):
+      return build_baselines.build_baseline_method(config)
     return build_images.build_image_method(config)
   return _build_toy_method(config)
 

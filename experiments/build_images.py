@@ -261,7 +261,6 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
   sde = build.build_sde(config)
   train_set, test_set = build_image_data(config)
   shape = tuple(train_set.shape)
-  levels = train_set.num_levels
   num_classes = _check_image_conditioning(config, train_set)
   cond_key = "label" if num_classes else None
   null_cond = conditions.null_label(num_classes) if num_classes else None
@@ -311,6 +310,19 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
           config, score_fn(params), sde, without_classes(test_set, holdout_classes(config))))
     return summary, plot
 
+  to_data_range, write_grid, write_figure = image_outputs(train_set)
+  return Method(init=init, train_step=train_step, sample=sample, evaluate=evaluate,
+                example_shape=shape, loss_fn=loss_fn, cond_key=cond_key, null_cond=null_cond,
+                score_fn=score_fn, write_figure=write_figure, write_grid=write_grid,
+                to_data_range=to_data_range, headline=image_headline)
+
+
+def image_outputs(train_set: data.ImageDataset):
+  """(to_data_range, write_grid, write_figure) of an image method (``Method``'s fields): samples
+  to the data's integer levels, a grid of samples, the evaluation's figure (a labelled row per
+  class for class-conditional draws)."""
+  levels = train_set.num_levels
+
   def to_data_range(x):
     return np.asarray(image_lib.model_to_levels(np.asarray(x), levels))
 
@@ -330,10 +342,7 @@ def build_image_method(config: ml_collections.ConfigDict) -> Method:
     else:
       evaluate_images.save_grid(path, x[:100], title=title)
 
-  return Method(init=init, train_step=train_step, sample=sample, evaluate=evaluate,
-                example_shape=shape, loss_fn=loss_fn, cond_key=cond_key, null_cond=null_cond,
-                score_fn=score_fn, write_figure=write_figure, write_grid=write_grid,
-                to_data_range=to_data_range, headline=image_headline)
+  return to_data_range, write_grid, write_figure
 
 
 def image_headline(summary: dict) -> str:
@@ -345,12 +354,14 @@ def image_headline(summary: dict) -> str:
       parts.append(f"FD {space} {summary[f'fd_{space}']:.3g} (floor {summary[f'fd_{space}_floor']:.3g}"
                    f" +- {summary[f'fd_{space}_floor_std']:.2g}, "
                    f"{summary[f'fd_{space}'] / summary[f'fd_{space}_floor']:.2f}x)")
+  kind = summary.get("likelihood_kind")  # the baselines: exact, or which bound
   for key, name, fmt in (("label_accuracy", "read as their label", ".1%"),
                          ("confident_fraction", "confident", ".1%"),
                          ("valid_fraction", "valid (every factor read confidently)", ".1%"),
                          ("class_entropy_bits", "class entropy (bits)", ".3f"),
                          ("copy_fraction", "copies", ".1%"),
-                         ("bits_per_dim", "bits/dim", ".3f"),
+                         ("bits_per_dim_elbo", "ELBO (bits/dim)", ".3f"),
+                         ("bits_per_dim", f"bits/dim ({kind})" if kind else "bits/dim", ".3f"),
                          ("bits_per_dim_ddpm_bound", "DDPM bound (bits/dim)", ".3f")):
     if key in summary and summary[key] is not None:
       parts.append(f"{name} {summary[key]:{fmt}}")

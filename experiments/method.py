@@ -28,7 +28,9 @@ class Method:
   cond_key: the batch entry that conditions the model (None: unconditional).
   null_cond: the condition meaning "unconditional" (classifier-free guidance, evaluation).
   score_fn(params, cond=None) -> per-example score function (score-based methods; else None).
-  log_likelihood: optional per-example log-likelihood or bound (None where the method has none).
+  log_likelihood(params, x, key) -> {name: (N,) bits/dim}: a baseline's exact value or bounds on
+    images x in the shared convention (build_baselines.py); None: none, or (diffusion) the
+    probability-flow ODE's of ``likelihood_eval``.
   write_figure(path, plot_data, title): the PNG of ``evaluate``'s plot data (samples.png).
   write_grid(path, x, title): a PNG grid of model samples ``x`` (N, *shape): the sample grids
     written during training (config.training.sample_every); None: the method has none.
@@ -40,6 +42,9 @@ class Method:
     then hold the small trainable part alone; None: the state is checkpointed whole.
   combine(params, frozen) -> the model's parameters, what ``sample``, ``score_fn`` and
     ``evaluate`` take (a tuned model: ``tuning.combine``); None: the (EMA) trainable tree itself.
+  sampler_info: {"name", "repr", "num_steps"} of a method with its own sampler (the baselines:
+    a decoder, a generator, a pixel-by-pixel loop), for summaries, file names and the progress
+    bar; None: the config's diffusion sampler (config.sampling).
   """
 
   init: Callable
@@ -58,3 +63,4 @@ class Method:
   headline: Callable | None = None
   frozen: Callable | None = None
   combine: Callable | None = None
+  sampler_info: dict | None = None

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from experiments import build, keys, sharding
+from experiments.build_baselines import FAMILIES as BASELINE_FAMILIES
 from experiments import train as train_lib
 from experiments.checkpoints import Checkpoints
 
@@ -39,6 +40,9 @@ def output_stem(config: ml_collections.ConfigDict, step: int) -> str:
   """A file stem naming everything that changes the samples, e.g.
   ``ddim-eta0.5_log_snr_10steps_tmin0.001_n4000_step10000``."""
   sc = config.sampling
+  if config.model.name in BASELINE_FAMILIES:  # the family's own sampler (build_baselines.py)
+    temperature = f"_T{sc.temperature:g}" if config.model.name == "flow" else ""
+    return f"{config.model.name}{temperature}_n{sc.num_samples}_step{step}"
   name = "-".join([sc.sampler, *(f"{f}{sc[f]:g}" for f in _SAMPLER_FIELDS.get(sc.sampler, ()))])
   parts = [name]
   if sc.sampler != "adaptive":
@@ -69,7 +73,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
   mesh = sharding.make_mesh()
   method = build.build_method(config)
   sc = config.sampling
-  ts = np.asarray(build.build_time_grid(config, build.build_sde(config)))
+  ts = train_lib.time_grid(config, method)
   abstract = train_lib.abstract_state(method, config, sharding.replicated(mesh))
   with Checkpoints(workdir, read_only=True) as checkpoints:
     state, restored = checkpoints.restore(abstract, step=step)
@@ -105,12 +109,13 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
   out_dir = workdir / "samples"
   out_dir.mkdir(parents=True, exist_ok=True)
   summary = {"checkpoint_step": restored, **summary,
-             "sampler": {**train_lib.sampler_summary(config), "nfe_mean": summary["nfe_mean"],
+             "sampler": {**train_lib.sampler_summary(config, method), "nfe_mean": summary["nfe_mean"],
                          "seconds": seconds}}
   train_lib.save_draws(out_dir / f"{stem}.npz", draws, method, ts)
   (out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=2))
+  sampler = summary["sampler"]
   method.write_figure(out_dir / f"{stem}.png", plot,
-                      f"{sc.sampler}, {len(ts) - 1} steps, NFE {summary['nfe_mean']:.0f}")
+                      f"{sampler['name']}, {sampler['num_steps']} steps, NFE {sampler['nfe_mean']:.0f}")
   against = "held-out" if method.headline is not None else "exact"  # images: the test split
   print(f"Checkpoint step {restored}, {summary['sampler']['repr']}: model vs {against} data "
         f"{train_lib.headline(summary, method)}. Wrote {out_dir / stem}.npz, .json and .png.")

@@ -4,6 +4,7 @@ Workdir layout:
   checkpoints/<step>/    orbax checkpoints: the state, plus the data iterator (experiments/checkpoints.py)
   checkpoints_corrupted/ checkpoints that failed to restore, set aside (never deleted)
   metrics.jsonl          one JSON record per logged step
+  train_time.json        training seconds up to each checkpointed step (TrainClock)
   tensorboard/           TensorBoard event files
   config.json            the config of the latest run
   samples.png            EMA-model samples over data samples
@@ -172,12 +173,19 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_at_step: int | Non
   else:
     logging.info("Resumed from the checkpoint at step %d in %s.", start_step, workdir)
   source.resume(start_step)
+  clock = TrainClock(workdir, start_step, tc.get("time_budget_s", 0.0))
+  if clock.exhausted():
+    logging.warning("The checkpoint at step %d used the training budget (%.0f of %.0f s, "
+                    "config.training.time_budget_s): not training further.", start_step,
+                    clock.spent, clock.budget)
 
   step_fn = sharding.make_sharded_train_step(method.train_step, mesh)
   train_key = sharding.key_data(keys.key(config, keys.TRAIN))
   writer = MetricWriter(workdir, start_step)
   grid_every = tc.get("sample_every", 0) if method.write_grid is not None else 0
   end_step = tc.num_steps if stop_at_step is None else min(stop_at_step, tc.num_steps)
+  if clock.exhausted():
+    end_step = start_step
   try:
     progress = tqdm(total=tc.num_steps, initial=start_step, disable=jax.process_index() != 0,
                     desc="train", dynamic_ncols=True)
@@ -187,30 +195,97 @@ def train(config: ml_collections.ConfigDict, workdir, *, stop_at_step: int | Non
       pending.append((step_metrics, finite))
       done = step + 1
       progress.update(1)
-      log = done % tc.log_every == 0 or done == tc.num_steps
-      save = done % tc.checkpoint_every == 0 or done == tc.num_steps
+      # One process reads the budget after every step (the host's clock, a few dispatched steps
+      # ahead of the device); a multi-process job at log and checkpoint steps only, where process
+      # 0's reading is sent to all (they must stop at the same step).
+      over = clock.single_process and clock.over_budget()
+      log = done % tc.log_every == 0 or done == tc.num_steps or over
+      save = done % tc.checkpoint_every == 0 or done == tc.num_steps or over
       if log or save:  # one host sync per log/checkpoint, not per step
         _check_finite(pending, checked, checkpoints)
         logged.extend(m for m, _ in pending)
         pending, checked = [], done
+        if not clock.single_process:
+          over = clock.over_budget()
+          save = save or over
       if log:
         means = _mean_metrics(logged)
         toc = time.perf_counter()
         means["learning_rate"] = float(lr_schedule(step))
         means["steps_per_sec"] = len(logged) / (toc - tic)
         writer.write(done, means)
-        if "loss" in means:
-          progress.set_postfix(loss=f"{means['loss']:.4f}")
+        postfix = {"loss": f"{means['loss']:.4f}"} if "loss" in means else {}
+        if clock.budget:
+          postfix["budget"] = f"{clock.total():.0f}/{clock.budget:.0f}s"
+        progress.set_postfix(postfix)
         logged, tic = [], toc
       if save:
         checkpoints.save(done, checkpointed(method, state), source.checkpoint_item)
-      if grid_every and (done % grid_every == 0 or done == tc.num_steps):
+        clock.record(done)
+      if grid_every and (done % grid_every == 0 or done == tc.num_steps or over):
         write_training_grid(method, state, config, mesh, workdir, done, writer)
+      if over:
+        logging.warning("Stopped at step %d of %d: the training budget config.training."
+                        "time_budget_s=%g s is used (%.0f s).", done, tc.num_steps,
+                        clock.budget, clock.total())
+        break
     progress.close()
   finally:
     checkpoints.close()
     writer.close()
   return state
+
+
+class TrainClock:
+  """The run's training wall time, summed over its resumptions, and its budget.
+
+  workdir/train_time.json maps each checkpointed step to the seconds of training that led to it
+  (written atomically by process 0 after each checkpoint), so a resumed run continues the sum
+  from the step it restored, and a run that used its budget (config.training.time_budget_s > 0)
+  is not trained further when started again: it is loaded and evaluated. The time counts from
+  the loop's start (its first step's compilation included); the run stops at the first step
+  that ends past the budget (the first log or checkpoint step in a multi-process job).
+  """
+
+  def __init__(self, workdir: pathlib.Path, start_step: int, budget: float):
+    self.path, self.budget = workdir / "train_time.json", float(budget)
+    self.steps = read_train_time(workdir)
+    self.steps = {k: v for k, v in self.steps.items() if k <= start_step}
+    self.spent = self.steps.get(start_step, 0.0)
+    if start_step and start_step not in self.steps:
+      logging.warning("%s has no time for the restored step %d: counting from 0 s.", self.path,
+                      start_step)
+    self.single_process = jax.process_count() == 1
+    self.tic = time.perf_counter()
+
+  def total(self) -> float:
+    return self.spent + time.perf_counter() - self.tic
+
+  def exhausted(self) -> bool:
+    return self.budget > 0 and self.spent >= self.budget
+
+  def over_budget(self) -> bool:
+    if self.budget <= 0:
+      return False
+    over = self.total() >= self.budget
+    if not self.single_process:  # process 0's clock decides for every process
+      from jax.experimental import multihost_utils
+
+      over = bool(multihost_utils.broadcast_one_to_all(np.asarray(over)))
+    return over
+
+  def record(self, step: int) -> None:
+    self.steps[int(step)] = self.total()
+    if jax.process_index() == 0:
+      workdir_lib.write_json_atomically(self.path, {str(k): v for k, v in sorted(self.steps.items())})
+
+
+def read_train_time(workdir) -> dict[int, float]:
+  """workdir/train_time.json as {step: training seconds up to it} (empty when absent)."""
+  path = pathlib.Path(workdir) / "train_time.json"
+  if not path.exists():
+    return {}
+  return {int(k): float(v) for k, v in json.loads(path.read_text()).items()}
 
 
 def write_training_grid(method, state, config, mesh, workdir: pathlib.Path, step: int,
@@ -243,8 +318,10 @@ def make_draw(method, params, config, mesh, *, progress: bool = False):
   """``draw(num, cond) -> host dict``: the method's sharded sampler over ``params``, examples in
   chunks of config.sampling.batch_size, example n with key fold_in(sampling_key, n)."""
   program = _sampler_program(method.sample, mesh)
-
-  num_steps = len(build.build_time_grid(config, build.build_sde(config))) - 1
+  if method.sampler_info is not None:
+    num_steps = method.sampler_info["num_steps"]
+  else:
+    num_steps = len(build.build_time_grid(config, build.build_sde(config))) - 1
 
   def draw(num, cond=None):
     with progress_lib.StepBar(num=num, batch_size=config.sampling.batch_size,
@@ -255,8 +332,10 @@ def make_draw(method, params, config, mesh, *, progress: bool = False):
   return draw
 
 
-def sampler_summary(config) -> dict:
-  """The configured sampler and grid, for summaries."""
+def sampler_summary(config, method=None) -> dict:
+  """The configured sampler and grid, for summaries (a method's own sampler: its description)."""
+  if method is not None and method.sampler_info is not None:
+    return dict(method.sampler_info)
   sc = config.sampling
   sampler = build.build_sampler(config)
   ts = np.asarray(build.build_time_grid(config, build.build_sde(config)))
@@ -283,7 +362,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir, state: train_lib.TrainS
     return {}
   step = int(sharding.to_host(state.step))
   summary = {"step": step, **summary,
-             "sampler": {**sampler_summary(config), "nfe_mean": summary["nfe_mean"],
+             "sampler": {**sampler_summary(config, method), "nfe_mean": summary["nfe_mean"],
                          "seconds": seconds}}
   (workdir / "eval").mkdir(parents=True, exist_ok=True)
   (workdir / "eval" / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -291,7 +370,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir, state: train_lib.TrainS
     from experiments import sampling as sampling_lib
 
     save_draws(workdir / "samples" / f"{sampling_lib.output_stem(config, step)}.npz", draws, method,
-               build.build_time_grid(config, build.build_sde(config)))
+               time_grid(config, method))
   method.write_figure(workdir / "samples.png", plot, f"model (EMA) at step {step}")
   return summary
 
@@ -312,12 +391,21 @@ def recording_draw(draw):
   return draws, wrapped
 
 
+def time_grid(config, method) -> np.ndarray | None:
+  """The diffusion sampler's time grid (None for a method with its own sampler)."""
+  if method.sampler_info is not None:
+    return None
+  return np.asarray(build.build_time_grid(config, build.build_sde(config)))
+
+
 def save_draws(path: pathlib.Path, draws: dict, method, ts) -> None:
-  """The drawn samples as .npz: x (model space), denoised, nfe, ts, labels, and the samples in the
-  data's range (``method.to_data_range``) when the method has one."""
+  """The drawn samples as .npz: x (model space), denoised, nfe, ts (a diffusion sampler's grid),
+  labels, and the samples in the data's range (``method.to_data_range``) when the method has one."""
   path.parent.mkdir(parents=True, exist_ok=True)
   extra = {} if method.to_data_range is None else {"data": method.to_data_range(draws["x"])}
-  np.savez(path, ts=np.asarray(ts), **draws, **extra)
+  if ts is not None:
+    extra["ts"] = np.asarray(ts)
+  np.savez(path, **draws, **extra)
 
 
 def headline(summary: dict, method=None) -> str:

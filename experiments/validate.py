@@ -164,6 +164,8 @@ def _check_numbers(config: ml_collections.ConfigDict) -> None:
   c.positive("noisy_classifier.t_min")
   c.int("training.checkpoint_every")
   c.int("training.keep_checkpoints")
+  c.nonnegative("training.time_budget_s")
+  c.real("training.adam_b1", low=0.0, high=1.0, high_open=True)
 
   c.int("sampling.num_samples")
   c.int("sampling.num_steps")
@@ -354,7 +356,9 @@ def _build_everything(config: ml_collections.ConfigDict) -> None:
 
   sde = _build("sde", build.build_sde, config)
   _check_times(config, sde)
-  if build.is_image_data(config):
+  if build.is_image_data(config) and config.model.name in _baseline_families():
+    _check_baseline(config)
+  elif build.is_image_data(config):
     from experiments import build_images
 
     _check_image_numbers(config)
@@ -377,6 +381,50 @@ def _build_everything(config: ml_collections.ConfigDict) -> None:
   if c.estimator not in estimators:
     raise ConfigError(f"config.likelihood.estimator must be one of {estimators} with "
                       f"config.likelihood.num_levels={c.num_levels}, got {c.estimator!r}.")
+
+
+def _baseline_families() -> tuple[str, ...]:
+  from experiments import build_baselines
+
+  return build_baselines.FAMILIES
+
+
+# The integer fields of each family's config.model (experiments/configs/baselines.py).
+_BASELINE_INTS = {
+    "vae": ("latent_dim", "num_mixtures", "iwae_samples"),
+    "pixelcnn": ("features", "num_blocks", "num_mixtures"),
+    "flow": ("num_scales", "flow_steps", "hidden", "eval_dequantizations"),
+    "gan": ("latent_dim",),
+}
+
+
+def _check_baseline(config: ml_collections.ConfigDict) -> None:
+  """A baseline family's fields (experiments/build_baselines.py), its data and what it cannot do."""
+  from experiments import build_baselines, build_images
+
+  c, m = _Checker(config), config.model
+  for name in _BASELINE_INTS[m.name]:
+    c.int(f"model.{name}")
+  for name in ("encoder_features", "decoder_features", "generator_features",
+               "discriminator_features"):
+    value = c.get(f"model.{name}")
+    if value is not _ABSENT and not (isinstance(value, tuple) and value and
+                                     all(_is_int(v) and v >= 1 for v in value)):
+      raise ConfigError(f"config.model.{name} must be a non-empty tuple of integers >= 1, got "
+                        f"{value!r}.")
+  c.probability("model.dropout")
+  c.nonnegative("model.beta")
+  c.nonnegative("model.r1_gamma")
+  c.positive("sampling.temperature")
+  if m.num_classes:
+    raise ConfigError(f"config.model.num_classes must be 0 for config.model.name={m.name!r}: the "
+                      f"baselines are unconditional, got {m.num_classes!r}.")
+  kind = config.sampling.get("guidance", {}).get("kind", "none")
+  if kind != "none":
+    raise ConfigError(f"config.sampling.guidance.kind must be 'none' for config.model.name="
+                      f"{m.name!r} (guidance steers a diffusion model's score), got {kind!r}.")
+  c.int("data.num_test")
+  _build("model", build_baselines.build_module, config, build_images.image_shape(config))
 
 
 def _check_tune(config: ml_collections.ConfigDict) -> None:
@@ -439,6 +487,11 @@ def validate(config: ml_collections.ConfigDict, mode: str = "train") -> None:
     raise ConfigError("a config with a tune section tunes a trained model: use --mode=tune.")
   if tuning:
     _check_tune(config)
+  if mode in ("eval_likelihood", "train_classifier") and config.model.get("name") in \
+      _baseline_families():
+    raise ConfigError(f"--mode={mode} is for diffusion models; config.model.name="
+                      f"{config.model.name!r} is a baseline family, whose test bits/dim are part of "
+                      "its evaluation (eval/summary.json of --mode=train).")
   if mode == "train_classifier" and config.get("noisy_classifier") is None:
     raise ConfigError("--mode=train_classifier is for image runs: config.noisy_classifier is the "
                       "noisy classifier's section (experiments/configs/image_base.py).")

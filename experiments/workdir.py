@@ -83,12 +83,21 @@ def save_config(workdir, config: ml_collections.ConfigDict) -> pathlib.Path:
   if where:
     raise WorkdirError(f"{where} does not survive a round trip through {CONFIG_FILE}: use str, "
                        "int, float, bool, None or tuples of them in configs.")
-  path = pathlib.Path(workdir) / CONFIG_FILE
+  return write_text_atomically(pathlib.Path(workdir) / CONFIG_FILE, text)
+
+
+def write_text_atomically(path: pathlib.Path, text: str) -> pathlib.Path:
+  """Write ``path`` through a temporary file and ``os.replace``: a reader sees the old file or the
+  new one, never a part."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(".json.tmp")
+  tmp = path.with_suffix(path.suffix + ".tmp")
   tmp.write_text(text)
   os.replace(tmp, path)
   return path
+
+
+def write_json_atomically(path: pathlib.Path, value) -> pathlib.Path:
+  return write_text_atomically(path, json.dumps(value, indent=1))
 
 
 def load_config(workdir) -> ml_collections.ConfigDict | None:

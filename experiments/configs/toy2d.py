@@ -63,6 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.training.log_every = 250
   config.training.checkpoint_every = 2_500
   config.training.keep_checkpoints = 3
+  # Wall-time budget of training in seconds (0: none): the run stops at the first step that ends
+  # past it, checkpoints there and evaluates; started again, it is loaded, not trained further
+  # (experiments/train.py's TrainClock; the lecture table's equal budgets).
+  config.training.time_budget_s = 0.0
 
   config.sampling = ml_collections.ConfigDict()
   # One of: euler_maruyama, reverse_diffusion, ancestral, annealed_langevin, euler, heun,
