@@ -207,7 +207,7 @@ def figure(rows: list[dict], data: str, num: int = 64):
     ax.set_xticks([])
     ax.set_yticks([])
   fig.suptitle(f"{num} samples per family ({data}, equal training budgets)", fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0, 1, 0.92))  # room for the title above the panels' two-line titles
   return fig
 
 
