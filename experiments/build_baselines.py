@@ -42,13 +42,16 @@ LIKELIHOOD_KIND = {
 
 
 def is_baseline(config: ml_collections.ConfigDict) -> bool:
-  return config.model.name in FAMILIES
+  return config.model.get("name") in FAMILIES
 
 
 def build_module(config: ml_collections.ConfigDict, shape) -> dict:
   """config.model -> the family's networks, {name: linen module} (cheap: nothing initialised)."""
   m = config.model
   shape = tuple(shape)
+  if m.num_classes:
+    raise ValueError(f"config.model.num_classes must be 0 for config.model.name={m.name!r}: the "
+                     f"baselines are unconditional, got {m.num_classes!r}.")
   if m.name == "vae":
     return {"vae": vae.VAE(vae.ConvEncoder(latent_dim=m.latent_dim,
                                            features=tuple(m.encoder_features)),
@@ -84,9 +87,6 @@ def build_baseline_method(config: ml_collections.ConfigDict) -> Method:
   evaluation (``build_images.evaluate_samples``) and its test bits/dim where it has them."""
   from experiments import build, build_images
 
-  if config.model.num_classes:
-    raise ValueError(f"config.model.num_classes={config.model.num_classes}: the baselines "
-                     f"(config.model.name={config.model.name!r}) are unconditional; use 0.")
   train_set, test_set = build_images.build_image_data(config)
   shape, levels = tuple(train_set.shape), int(train_set.num_levels)
   dims = int(np.prod(shape))
@@ -94,11 +94,11 @@ def build_baseline_method(config: ml_collections.ConfigDict) -> Method:
   modules = build_module(config, shape)
   ema = config.training.ema_decay
   x0 = jnp.zeros((1, *shape))
+  optimizer = build.build_optimizer(config)[0]
   to_bits = lambda log_p: -log_p / (dims * math.log(2))  # noqa: E731  discrete nats -> bits/dim
 
   if name == "vae":
     module = modules["vae"]
-    optimizer = build.build_optimizer(config)[0]
 
     def loss_fn(params, frozen, example, key):
       del frozen
@@ -117,7 +117,6 @@ def build_baseline_method(config: ml_collections.ConfigDict) -> Method:
                                                      m.iwae_samples))}
   elif name == "pixelcnn":
     module = modules["pixelcnn"]
-    optimizer = build.build_optimizer(config)[0]
 
     def loss_fn(params, frozen, example, key):
       del frozen
@@ -134,7 +133,6 @@ def build_baseline_method(config: ml_collections.ConfigDict) -> Method:
       return {"bits_per_dim": to_bits(pixelcnn.log_likelihood(module, params, x, levels))}
   elif name == "flow":
     module = modules["flow"]
-    optimizer = build.build_optimizer(config)[0]
 
     def loss_fn(params, frozen, example, key):
       del frozen
@@ -155,9 +153,9 @@ def build_baseline_method(config: ml_collections.ConfigDict) -> Method:
                                                          data_range=(-1.0, 1.0))}
   else:  # gan
     g, d = modules["generator"], modules["discriminator"]
-    # One optimiser per player (config.training.adam_b1: DCGAN's 0.5).
-    optimizer = {"generator": build.build_optimizer(config)[0],
-                 "discriminator": build.build_optimizer(config)[0]}
+    # The same (stateless) transformation for each player, each with its own state in TrainState
+    # (config.training.adam_b1: DCGAN's 0.5).
+    optimizer = {"generator": optimizer, "discriminator": optimizer}
     losses = gan.make_losses(g, d, r1_gamma=m.r1_gamma, generator_loss=m.generator_loss)
     loss_fn = None
     g_key, d_key = "generator", "discriminator"

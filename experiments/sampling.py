@@ -23,8 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import build, keys, sharding
-from experiments.build_baselines import FAMILIES as BASELINE_FAMILIES
+from experiments import build, build_baselines, keys, sharding
 from experiments import train as train_lib
 from experiments.checkpoints import Checkpoints
 
@@ -40,7 +39,7 @@ def output_stem(config: ml_collections.ConfigDict, step: int) -> str:
   """A file stem naming everything that changes the samples, e.g.
   ``ddim-eta0.5_log_snr_10steps_tmin0.001_n4000_step10000``."""
   sc = config.sampling
-  if config.model.name in BASELINE_FAMILIES:  # the family's own sampler (build_baselines.py)
+  if build_baselines.is_baseline(config):  # the family's own sampler
     temperature = f"_T{sc.temperature:g}" if config.model.name == "flow" else ""
     return f"{config.model.name}{temperature}_n{sc.num_samples}_step{step}"
   name = "-".join([sc.sampler, *(f"{f}{sc[f]:g}" for f in _SAMPLER_FIELDS.get(sc.sampler, ()))])
@@ -72,7 +71,6 @@ def run(config: ml_collections.ConfigDict, workdir, *, step: int | None = None) 
   workdir = pathlib.Path(workdir)
   mesh = sharding.make_mesh()
   method = build.build_method(config)
-  sc = config.sampling
   ts = train_lib.time_grid(config, method)
   abstract = train_lib.abstract_state(method, config, sharding.replicated(mesh))
   with Checkpoints(workdir, read_only=True) as checkpoints:

@@ -356,7 +356,7 @@ def _build_everything(config: ml_collections.ConfigDict) -> None:
 
   sde = _build("sde", build.build_sde, config)
   _check_times(config, sde)
-  if build.is_image_data(config) and config.model.name in _baseline_families():
+  if build.is_image_data(config) and _is_baseline(config):
     _check_baseline(config)
   elif build.is_image_data(config):
     from experiments import build_images
@@ -383,10 +383,10 @@ def _build_everything(config: ml_collections.ConfigDict) -> None:
                       f"config.likelihood.num_levels={c.num_levels}, got {c.estimator!r}.")
 
 
-def _baseline_families() -> tuple[str, ...]:
+def _is_baseline(config: ml_collections.ConfigDict) -> bool:
   from experiments import build_baselines
 
-  return build_baselines.FAMILIES
+  return build_baselines.is_baseline(config)
 
 
 # The integer fields of each family's config.model (experiments/configs/baselines.py).
@@ -400,6 +400,7 @@ _BASELINE_INTS = {
 
 def _check_baseline(config: ml_collections.ConfigDict) -> None:
   """A baseline family's fields (experiments/build_baselines.py), its data and what it cannot do."""
+  from experiments import build as build_lib
   from experiments import build_baselines, build_images
 
   c, m = _Checker(config), config.model
@@ -416,10 +417,7 @@ def _check_baseline(config: ml_collections.ConfigDict) -> None:
   c.nonnegative("model.beta")
   c.nonnegative("model.r1_gamma")
   c.positive("sampling.temperature")
-  if m.num_classes:
-    raise ConfigError(f"config.model.num_classes must be 0 for config.model.name={m.name!r}: the "
-                      f"baselines are unconditional, got {m.num_classes!r}.")
-  kind = config.sampling.get("guidance", {}).get("kind", "none")
+  kind = build_lib.guidance_config(config).kind
   if kind != "none":
     raise ConfigError(f"config.sampling.guidance.kind must be 'none' for config.model.name="
                       f"{m.name!r} (guidance steers a diffusion model's score), got {kind!r}.")
@@ -487,8 +485,7 @@ def validate(config: ml_collections.ConfigDict, mode: str = "train") -> None:
     raise ConfigError("a config with a tune section tunes a trained model: use --mode=tune.")
   if tuning:
     _check_tune(config)
-  if mode in ("eval_likelihood", "train_classifier") and config.model.get("name") in \
-      _baseline_families():
+  if mode in ("eval_likelihood", "train_classifier") and _is_baseline(config):
     raise ConfigError(f"--mode={mode} is for diffusion models; config.model.name="
                       f"{config.model.name!r} is a baseline family, whose test bits/dim are part of "
                       "its evaluation (eval/summary.json of --mode=train).")

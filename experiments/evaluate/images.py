@@ -250,7 +250,7 @@ def _softmax(logits) -> np.ndarray:
   return e / e.sum(axis=1, keepdims=True)
 
 
-def _tile(images: np.ndarray, ncols: int) -> np.ndarray:
+def tile(images: np.ndarray, ncols: int) -> np.ndarray:
   """(N, H, W, C) in [-1, 1] -> one mosaic in [0, 1], ``ncols`` images a row, white 1-px gaps."""
   pictures = np.clip((np.nan_to_num(images, nan=-1.0) + 1.0) / 2.0, 0.0, 1.0)
   return to_grid(pictures.astype(np.float32), ncols, padding=1, pad_value=1.0)
@@ -291,7 +291,7 @@ def save_grid(path, images, *, title: str, ncols: int | None = None) -> None:
     raise ValueError(f"images must be a non-empty NHWC batch with 1 or 3 channels, got shape "
                      f"{images.shape}.")
   ncols = ncols or int(np.ceil(np.sqrt(images.shape[0])))
-  _save_mosaic(path, _tile(images, ncols), title)
+  _save_mosaic(path, tile(images, ncols), title)
 
 
 def save_class_grid(path, images, labels, *, title: str, per_class: int = 10,
@@ -308,4 +308,4 @@ def save_class_grid(path, images, labels, *, title: str, per_class: int = 10,
     pad = np.full((per_class - chosen.shape[0], h, w, c), -1.0, np.float32)  # short rows: blank
     rows.append(np.concatenate([chosen, pad]))
   names = [str(class_names[k]) if class_names is not None else f"class {k}" for k in classes]
-  _save_mosaic(path, _tile(np.concatenate(rows), per_class), title, names, h)
+  _save_mosaic(path, tile(np.concatenate(rows), per_class), title, names, h)

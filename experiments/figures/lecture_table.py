@@ -120,7 +120,7 @@ def _finished(config, workdir: pathlib.Path) -> int | None:
 
 def run_family(family: str, config, workdir: pathlib.Path, timed_samples: int = 1000) -> dict:
   """Train (or resume, or read back) the family's run, time its sampler; one row of the table."""
-  from experiments import build, checkpoints, sampling, sharding, train, validate
+  from experiments import build, build_images, checkpoints, sampling, sharding, train, validate
   from diffusion_jax import tuning
 
   try:
@@ -148,6 +148,7 @@ def run_family(family: str, config, workdir: pathlib.Path, timed_samples: int = 
   row = {"family": family, "name": NAMES[family], "workdir": str(workdir), "step": step,
          "train_seconds": train.read_train_time(workdir).get(step),
          "batch_size": config.training.batch_size,
+         "num_levels": build_images.num_levels(config),
          "num_params": tuning.num_params(params),
          "seconds_per_1000_samples": seconds,
          "likelihood_kind": summary.get("likelihood_kind",
@@ -187,21 +188,16 @@ def _sample_seconds(method, config, state, mesh, workdir: pathlib.Path, step: in
 def figure(rows: list[dict], data: str, num: int = 64):
   """A grid of ``num`` samples per family (the evaluation's draws, in the data's levels)."""
   from diffusion_jax.data import images as image_lib
+  from experiments.evaluate import images as evaluate_images
 
   plt = _common.pyplot()
   fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows), 3.0), squeeze=False)
   for ax, r in zip(axes[0], rows):
     with np.load(r["samples_file"]) as f:
-      levels = f["data"][:num]
-    num_levels = 17 if data == "digits" else 256
-    x = np.clip((image_lib.levels_to_model(levels, num_levels) + 1) / 2, 0, 1)
-    side = int(math.ceil(math.sqrt(len(x))))
-    h, w, c = x.shape[1:]
-    grid = np.ones((side * (h + 1) - 1, side * (w + 1) - 1, c))
-    for i, img in enumerate(x):
-      row, col = divmod(i, side)
-      grid[row * (h + 1):row * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = img
-    ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+      x = image_lib.levels_to_model(f["data"][:num], r["num_levels"])
+    grid = evaluate_images.tile(x, int(math.ceil(math.sqrt(len(x)))))
+    gray = grid.shape[-1] == 1
+    ax.imshow(grid[..., 0] if gray else grid, cmap="gray" if gray else None, vmin=0, vmax=1)
     ax.set_title(f"{r['name']}\nfeature FD {fd_ratio(r, 'features'):.2f}x floor",
                  fontsize=8)
     ax.set_xticks([])
